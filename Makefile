@@ -1,0 +1,23 @@
+# The README's two commands. torch is installed first from its pinned CPU wheel: an unpinned
+# torch would pull a multi-GB CUDA build.
+PY ?= python
+
+.PHONY: install install-test run test lint
+
+install:
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e .
+
+install-test:
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test]"
+
+run: install
+	pbrl-train
+
+lint:
+	ruff check pbrl tests examples benchmarks
+	ruff format --check pbrl tests examples benchmarks
+
+test: install-test lint
+	$(PY) -m pytest

@@ -1,0 +1,159 @@
+"""Command-line entry points: ``pbrl-train`` and ``pbrl-resume``.
+
+``pbrl-train [group=option ...] [key=value ...]`` composes ``pbrl/configs/train.yaml`` with
+Hydra. A run is resumed by ``pbrl-train <run dir>``, ``pbrl-resume <run dir>`` or
+``pbrl-train ... resume=true`` (the most recent run under ``runs/``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+RUNS = Path("runs")
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed as asked; the message says why and what to do."""
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").exists()
+
+
+def latest_run(root: Path = RUNS) -> Path | None:
+    """The most recently checkpointed (or started) run directory under ``root``."""
+    if not root.exists():
+        return None
+    runs = [p for p in root.glob("*") if _is_run_dir(p)]
+    runs += [p for p in root.glob("sweep-*/*") if _is_run_dir(p)]
+    if not runs:
+        return None
+
+    def stamp(p: Path) -> float:
+        meta = p / "checkpoint" / "meta.json"
+        return (meta if meta.exists() else p / "config.yaml").stat().st_mtime
+
+    return max(runs, key=stamp)
+
+
+def _resume_args(run_dir: Path, extra: list[str]) -> list[str]:
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    overrides = [o for o in overrides or [] if not o.startswith(("resume=", "hydra.run.dir="))]
+    return [*overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true"]
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Turn the resume forms into plain Hydra overrides.
+
+    ``<run dir>`` (a positional path) becomes that run's original overrides plus
+    ``hydra.run.dir=<run dir> resume=true``; ``resume=true`` alone picks the latest run.
+    """
+    positional = [a for a in argv if not a.startswith("-") and "=" not in a]
+    rest = [a for a in argv if a not in positional]
+    if positional:
+        if len(positional) > 1:
+            raise ResumeError(f"give at most one run directory, got {positional}")
+        run_dir = Path(positional[0])
+        if not _is_run_dir(run_dir):
+            raise ResumeError(
+                f"{run_dir} is not a pbrl run directory (no config.yaml in it); "
+                "pass overrides as key=value, or the directory of an earlier run to resume it"
+            )
+        return _resume_args(run_dir, rest)
+    if "resume=true" in argv and not any(a.startswith("hydra.run.dir=") for a in argv):
+        run_dir = latest_run()
+        if run_dir is None:
+            raise ResumeError(f"resume=true but there is no run under {RUNS.resolve()} to resume")
+        return [*[a for a in argv if a != "resume=true"], f"hydra.run.dir={run_dir}", "resume=true"]
+    return argv
+
+
+def _config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
+    a = OmegaConf.to_container(saved, resolve=True)
+    b = OmegaConf.to_container(current, resolve=True)
+    out: list[str] = []
+
+    def walk(x: object, y: object, prefix: str) -> None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                if k == "resume" and not prefix:
+                    continue
+                walk(x.get(k, "<missing>"), y.get(k, "<missing>"), f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix[:-1]}: {x!r} (run) vs {y!r} (now)")
+
+    walk(a, b, "")
+    return out
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
+    """Run (or resume) one training job in ``run_dir``; returns its final scalars."""
+    from pbrl.loops.online import PreferenceLoop
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if cfg.resume:
+        if not saved.exists():
+            raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
+        diff = _config_diff(OmegaConf.load(saved), cfg)
+        if diff:
+            raise ResumeError(
+                "refusing to resume with a different config; differing keys:\n  "
+                + "\n  ".join(diff)
+                + f"\nResume with the run's own settings (pbrl-resume {run_dir}) or start a new "
+                "run without resume=true."
+            )
+    elif (run_dir / "checkpoint").exists():
+        raise ResumeError(
+            f"{run_dir} already holds a run; pass resume=true to continue it or choose another "
+            "hydra.run.dir"
+        )
+    loop = PreferenceLoop(cfg, run_dir)
+    try:
+        if cfg.resume and not loop.try_resume():
+            print(
+                f"no checkpoint in {run_dir} yet: starting it from the beginning", file=sys.stderr
+            )
+        return loop.run()
+    finally:
+        loop.close()
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def _train(cfg: DictConfig) -> float:
+    from pbrl.loops.online import RunError
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir})", flush=True)
+    try:
+        final = run(cfg, run_dir)
+    except (RunError, ResumeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    return float(final.get("eval/true_return", float("nan")))
+
+
+def train() -> None:
+    """``pbrl-train``: one training run (or a ``--multirun`` sweep)."""
+    try:
+        argv = prepare_argv(sys.argv[1:])
+    except ResumeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *argv]
+    _train()
+
+
+def resume() -> None:
+    """``pbrl-resume <run dir> [overrides]``: continue a run from its last checkpoint."""
+    if len(sys.argv) < 2:
+        print("usage: pbrl-resume <run dir>", file=sys.stderr)
+        sys.exit(2)
+    train()

@@ -1,0 +1,600 @@
+"""Online preference-based RL: PEBBLE (SAC) and PrefPPO (PPO), one loop.
+
+The loop follows PEBBLE's algorithm box (Lee et al., 2021; BPref ``train_PEBBLE.py``):
+
+1. act randomly for ``num_seed_steps``;
+2. pre-train the agent on the particle state-entropy reward for ``num_unsup_steps``;
+3. gather preferences (first round uniform), train the reward ensemble, relabel the replay
+   buffer, reset the critic;
+4. every ``num_interact`` steps while the budget lasts: gather preferences with the configured
+   query rule, train the reward, relabel;
+5. the agent learns on the learned reward between rounds.
+
+PrefPPO runs the same schedule with PPO; it keeps no replay buffer, so recent episodes are
+recorded for queries and the reward is applied at collection time (no relabelling).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from pbrl import envs as pbrl_envs
+from pbrl.agents.sb3 import (
+    LearnedRewardVecEnv,
+    PbrlPPO,
+    PbrlSAC,
+    linear_schedule,
+    load_sb3_state,
+    make_logger,
+    make_vec_env,
+    reset_critic,
+    sb3_state,
+)
+from pbrl.buffer import PbrlReplayBuffer
+from pbrl.data import QueryBatch, SegmentBatch
+from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
+from pbrl.queries import make_selector
+from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
+from pbrl.store import FeedbackStore
+from pbrl.teachers import make_teacher
+
+CHECKPOINT = "checkpoint"
+
+
+class RunError(RuntimeError):
+    """A run cannot go on; the message says why and what was saved."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device={device!r} but CUDA is not available here; use device=auto or cpu")
+    return device
+
+
+def feedback_batch_size(cfg: DictConfig, step: int, used: int) -> int:
+    """Queries in the next round (BPref ``reward_schedule``), capped by the remaining budget."""
+    m = cfg.reward_batch
+    total = cfg.num_train_steps
+    if cfg.reward_schedule == "decay":
+        frac = (total - step) / total
+        m = int(m * (frac if frac > 0 else 0.01))
+    elif cfg.reward_schedule == "increase":
+        m = int(m * total / (total - step + 1))
+    elif cfg.reward_schedule != "constant":
+        raise RunError(
+            f"unknown reward_schedule {cfg.reward_schedule!r}; valid: constant, decay, increase"
+        )
+    return max(0, min(m, cfg.max_feedback - used))
+
+
+class PreferenceLoop:
+    """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
+
+    Args:
+        cfg: the composed Hydra config (see ``pbrl/configs/train.yaml``).
+        run_dir: where TensorBoard events, checkpoints, the feedback store and the resolved
+            config go.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        self.algo = cfg.agent.algo
+        if self.algo not in ("sac", "ppo"):
+            raise RunError(f"agent.algo={self.algo!r} is not an online agent; valid: sac, ppo")
+        seed = int(cfg.seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)  # queries and segment sampling
+        self.eval_rng = np.random.default_rng(seed + 1)  # metrics only: never steers learning
+
+        # --- environments ---------------------------------------------------------------
+        env_name, env_kwargs = cfg.env.name, dict(cfg.env.get("kwargs") or {})
+        n_envs = int(cfg.agent.num_envs)
+        probe = pbrl_envs.make_env(env_name, seed=seed, **env_kwargs)
+        self.obs_dim = int(np.prod(probe.observation_space.shape))
+        self.act_dim = int(np.prod(probe.action_space.shape))
+        self.max_episode_steps = int(probe.max_episode_steps)
+        state_dim, factor_names = int(probe.state_dim), tuple(probe.factor_names)
+        probe.close()
+        self.env_name = env_name
+        venv = make_vec_env(
+            [
+                lambda i=i: pbrl_envs.make_env(env_name, seed=seed + i, **env_kwargs)
+                for i in range(n_envs)
+            ]
+        )
+        self.train_envs = venv.envs
+        self.eval_envs = [
+            pbrl_envs.make_env(env_name, seed=seed + 10_000 + i, **env_kwargs)
+            for i in range(int(cfg.eval.episodes))
+        ]
+
+        # --- reward learner, teacher, queries, store --------------------------------------
+        r = cfg.reward
+        self.learner = BTRewardLearner(
+            self.obs_dim,
+            self.act_dim,
+            ensemble_size=r.ensemble_size,
+            hidden=r.hidden,
+            n_layers=r.n_layers,
+            lr=r.lr,
+            batch_size=r.batch_size,
+            max_epochs=r.max_epochs,
+            acc_target=r.acc_target,
+            label_margin=r.label_margin,
+            device=self.device,
+            seed=seed,
+        )
+        t = OmegaConf.to_container(cfg.teacher, resolve=True)
+        assert isinstance(t, dict)
+        self.teacher = make_teacher(t.pop("name"), seed=seed, **t)
+        self.selector = make_selector(cfg.query.name)
+        self.uniform = make_selector("uniform")
+        self.store = FeedbackStore(self.run_dir / "feedback.sqlite")
+
+        # --- agent ------------------------------------------------------------------------
+        a = cfg.agent
+        sb3_kwargs = dict(OmegaConf.to_container(a.sb3, resolve=True) or {})
+        self.reward_active = False  # False until the first reward training
+        self.phase_unsup = False
+        buffer_kwargs = dict(
+            state_dim=state_dim, factor_names=factor_names, env_name=env_name, knn_k=int(a.knn_k)
+        )
+        if self.algo == "sac":
+            self.venv = LearnedRewardVecEnv(venv, self._reward)
+            self.model = PbrlSAC(
+                "MlpPolicy",
+                self.venv,
+                learning_rate=a.learning_rate,
+                buffer_size=int(cfg.num_train_steps),
+                learning_starts=int(a.num_seed_steps),
+                batch_size=int(a.batch_size),
+                replay_buffer_class=PbrlReplayBuffer,
+                replay_buffer_kwargs=buffer_kwargs,
+                policy_kwargs={"net_arch": list(a.net_arch)},
+                seed=seed,
+                device=self.device,
+                **sb3_kwargs,
+            )
+            self.buffer: PbrlReplayBuffer = self.model.replay_buffer  # type: ignore[assignment]
+        else:
+            from stable_baselines3.common.vec_env import VecNormalize
+
+            capacity = int(cfg.recent_episodes) * self.max_episode_steps
+            self.buffer = PbrlReplayBuffer(
+                max(capacity, n_envs * 2 * int(cfg.segment_size)),
+                venv.observation_space,
+                venv.action_space,
+                n_envs=n_envs,
+                handle_timeout_termination=False,
+                **buffer_kwargs,
+            )
+            wrapped = LearnedRewardVecEnv(venv, self._reward, recorder=self.buffer)
+            self.venv = wrapped
+            self.vecnorm = (
+                VecNormalize(wrapped, norm_obs=True, norm_reward=False) if a.normalize_obs else None
+            )
+            clip = sb3_kwargs.pop("clip_range", 0.2)
+            self.model = PbrlPPO(
+                "MlpPolicy",
+                self.vecnorm if self.vecnorm is not None else wrapped,
+                learning_rate=a.learning_rate,
+                n_steps=int(a.n_steps),
+                batch_size=int(a.batch_size),
+                n_epochs=int(a.n_epochs),
+                clip_range=linear_schedule(float(clip)),
+                policy_kwargs={"net_arch": {"pi": list(a.net_arch), "vf": list(a.net_arch)}},
+                seed=seed,
+                device=self.device,
+                **sb3_kwargs,
+            )
+        self.model.pbrl_total_timesteps = int(cfg.num_train_steps)
+        self.writer = SummaryWriter(str(self.run_dir))
+        self.model.set_logger(make_logger(self._sb3_scalar))
+
+        # --- schedule state (checkpointed) ---------------------------------------------------
+        self.round = 0
+        self.queries_used = 0  # requested pairs, skipped ones included (BPref's budget)
+        self.feedback_started = False
+        self.last_feedback_step = 0
+        self.next_eval = int(cfg.eval.every)
+        self.next_log = int(cfg.log.every)
+        self.next_video = int(cfg.log.video_every) if cfg.log.video_every else math.inf
+        self.next_ckpt = int(cfg.checkpoint.every) if cfg.checkpoint.every else math.inf
+        self.labelled_obs = np.zeros((0, 2, int(cfg.segment_size), self.obs_dim), np.float32)
+        self.labelled_act = np.zeros((0, 2, int(cfg.segment_size), self.act_dim), np.float32)
+        self.labelled_target = np.zeros(0, np.float32)
+        self.last: dict[str, float] = {}
+        self._t_chunk = time.perf_counter()
+        self._steps_chunk = 0
+
+    # ------------------------------------------------------------------------------------
+    # rewards seen by the agent
+    def _reward(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        if self.phase_unsup and self.algo == "ppo":
+            return self.buffer.intrinsic_reward(obs)
+        if not self.reward_active:
+            # Rewards stored before the first reward training are relabelled (SAC) or unused.
+            return np.zeros(len(obs), np.float32)
+        return self.learner.reward_fn(obs, act)
+
+    @property
+    def step(self) -> int:
+        """Environment steps taken so far (summed over envs)."""
+        return int(self.model.num_timesteps)
+
+    @property
+    def unsup_end(self) -> int:
+        """Step at which pre-training ends and the first feedback round happens."""
+        return int(self.cfg.agent.num_seed_steps) + int(self.cfg.agent.num_unsup_steps)
+
+    # ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        """Train until ``num_train_steps``; returns the last logged scalars."""
+        cfg = self.cfg
+        total = int(cfg.num_train_steps)
+        self._save_config()
+        while self.step < total:
+            self._set_phase()
+            stop = min(self._next_event(), total)
+            t0, s0 = time.perf_counter(), self.step
+            self.model.learn(
+                total_timesteps=max(1, stop - self.step),
+                reset_num_timesteps=False,
+                log_interval=1,
+                progress_bar=False,
+            )
+            self._steps_chunk += self.step - s0
+            self._after_chunk(time.perf_counter() - t0)
+        self._set_phase()
+        self._evaluate(force=True)
+        self._log(force=True)
+        self.save_checkpoint()
+        self.writer.flush()
+        (self.run_dir / "final_metrics.json").write_text(json.dumps(self.last, indent=2))
+        return dict(self.last)
+
+    def _set_phase(self) -> None:
+        """Unsupervised pre-training between the seed steps and the first feedback round."""
+        unsup = (not self.feedback_started) and self.step >= int(self.cfg.agent.num_seed_steps)
+        self.phase_unsup = unsup and int(self.cfg.agent.num_unsup_steps) > 0
+        if self.algo == "sac":
+            self.buffer.set_reward_mode("intrinsic" if self.phase_unsup else "stored")
+
+    def _next_event(self) -> int:
+        cands = [self.next_eval, self.next_log, self.next_ckpt, self.next_video]
+        seed_steps = int(self.cfg.agent.num_seed_steps)
+        if self.step < seed_steps:
+            cands.append(seed_steps)
+        if not self.feedback_started:
+            cands.append(self.unsup_end)
+        elif self.queries_used < self.cfg.max_feedback:
+            cands.append(self.last_feedback_step + int(self.cfg.agent.num_interact))
+        return int(min(c for c in cands if c > self.step))
+
+    def _after_chunk(self, dt: float) -> None:
+        cfg = self.cfg
+        if not self.feedback_started and self.step >= self.unsup_end:
+            self._first_feedback()
+        elif (
+            self.feedback_started
+            and self.queries_used < cfg.max_feedback
+            and self.step >= self.last_feedback_step + int(cfg.agent.num_interact)
+        ):
+            self._feedback_round()
+        self._evaluate()
+        self._log()
+        if self.step >= self.next_ckpt:
+            self.save_checkpoint()
+            while self.next_ckpt <= self.step:
+                self.next_ckpt += int(cfg.checkpoint.every)
+
+    # ------------------------------------------------------------------------------------
+    # the paper's steps
+    def _first_feedback(self) -> None:
+        """End of pre-training: first (uniform) round, then reset the critic (PEBBLE)."""
+        self.feedback_started = True
+        self._set_phase()
+        self._feedback_round(first=True)
+        if self.algo == "sac":
+            reset_critic(self.model)
+            if int(self.cfg.agent.reset_update) > 0:
+                self.model.train(
+                    gradient_steps=int(self.cfg.agent.reset_update),
+                    batch_size=self.model.batch_size,
+                )
+
+    def _feedback_round(self, first: bool = False) -> None:
+        cfg = self.cfg
+        self.last_feedback_step = self.step
+        m = feedback_batch_size(cfg, self.step, self.queries_used)
+        if m == 0:
+            return
+        # --- Gather new preferences ---
+        # Score-based rules need a trained model; until one exists (e.g. every pair of the
+        # first round was skipped) fall back to uniform, as the first round does.
+        selector = self.uniform if first or not self.reward_active else self.selector
+        pool = m if selector is self.uniform else m * int(cfg.large_batch)
+        segs = self.buffer.sample_segments(
+            2 * pool, int(cfg.segment_size), self.rng, recent_episodes=int(cfg.recent_episodes)
+        )
+        ids = [f"r{self.round:05d}-c{i:05d}" for i in range(pool)]
+        candidates = QueryBatch.from_members([segs[:pool], segs[pool:]], ids=ids)
+        labelled = self._labelled_queries()
+        queries = selector.select(
+            candidates,
+            m,
+            model=self.learner if self.reward_active else None,
+            labelled=labelled,
+            rng=self.rng,
+        )
+        self.store.add_queries(queries, step=self.step)
+        if hasattr(self.teacher, "set_episode_return") and self.model.ep_info_buffer:
+            recent = [ep["r"] for ep in list(self.model.ep_info_buffer)[-10:]]
+            self.teacher.set_episode_return(float(np.mean(recent)), self.max_episode_steps)
+        feedback = self.teacher.label(queries)
+        self.store.add(feedback)
+        self.queries_used += len(queries)
+        self.round += 1
+
+        # --- Train reward model ---
+        obs, act, target = self.store.training_arrays(since=len(self.labelled_target))
+        self.labelled_obs = np.concatenate([self.labelled_obs, obs])
+        self.labelled_act = np.concatenate([self.labelled_act, act])
+        self.labelled_target = np.concatenate([self.labelled_target, target])
+        if len(self.labelled_target) == 0:
+            return  # every query so far was skipped: nothing to learn from yet
+        try:
+            stats = self.learner.train(self.labelled_obs, self.labelled_act, self.labelled_target)
+        except NonFiniteLossError as err:
+            path = self.run_dir / f"nonfinite_batch_step{self.step}.npz"
+            np.savez(path, **err.batch)
+            raise RunError(
+                f"reward-model loss became non-finite at env step {self.step} ({err}); the "
+                f"offending batch is saved in {path}"
+            ) from err
+        self.reward_active = True
+
+        # --- Relabel ---
+        if self.algo == "sac":
+            self.buffer.relabel(self.learner.reward_fn)
+
+        counts = self.store.counts()
+        s = self.step
+        self._scalar("losses/reward", stats["loss"], s)
+        self._scalar("pref/accuracy_labelled", stats["accuracy"], s)
+        self._scalar("reward/train_epochs", stats["epochs"], s)
+        self._scalar("pref/queries", self.queries_used, s)
+        self._scalar("pref/labels", counts["first"] + counts["second"] + counts["equal"], s)
+        self._scalar("pref/skips", counts["skip"], s)
+        self._scalar("pref/equals", counts["equal"], s)
+
+    def _labelled_queries(self) -> QueryBatch | None:
+        if len(self.labelled_target) == 0:
+            return None
+        members = [
+            SegmentBatch(self.labelled_obs[:, j], self.labelled_act[:, j], None) for j in (0, 1)
+        ]
+        return QueryBatch.from_members(members)
+
+    # ------------------------------------------------------------------------------------
+    # measurement
+    def _policy(self, obs: np.ndarray) -> np.ndarray:
+        if self.algo == "ppo" and self.vecnorm is not None:
+            obs = self.vecnorm.normalize_obs(obs)
+        return self.model.predict(obs, deterministic=True)[0]
+
+    def _evaluate(self, force: bool = False) -> None:
+        cfg, s = self.cfg, self.step
+        if not force and s < self.next_eval:
+            return
+        want_video = s >= self.next_video or force and bool(cfg.log.video_every)
+        res = evaluate(
+            self.eval_envs,
+            self._policy,
+            self.learner.reward_fn if self.reward_active else None,
+            seed=int(cfg.seed) + 10_000,
+            record_states=want_video,
+        )
+        for k, v in res.scalars().items():
+            self._scalar(k, v, s)
+        if self.reward_active:
+            self._reward_quality(s)
+        if want_video and res.first_states:
+            self._video(res.first_states, s)
+            while self.next_video <= s:
+                self.next_video += int(cfg.log.video_every)
+        while self.next_eval <= s:
+            self.next_eval += int(cfg.eval.every)
+
+    def _reward_quality(self, s: int) -> None:
+        """Held-out preference accuracy and learned-vs-true reward correlation."""
+        n = int(self.cfg.heldout_pairs)
+        try:
+            segs = self.buffer.sample_segments(
+                2 * n,
+                int(self.cfg.segment_size),
+                self.eval_rng,
+                recent_episodes=int(self.cfg.recent_episodes),
+            )
+        except ValueError:
+            return
+        first, second = segs[:n], segs[n:]
+        ret0, ret1 = first.returns, second.returns
+        target = np.where(ret1 > ret0, 1.0, np.where(ret1 < ret0, 0.0, 0.5))
+        probs = self.learner.member_probs(first.without_reward(), second.without_reward())
+        self._scalar("pref/accuracy_heldout", preference_accuracy(probs, target), s)
+        obs, act, true_r = self.buffer.sample_transitions(4096, self.eval_rng)
+        pearson, spearman = reward_correlation(self.learner.reward_fn(obs, act), true_r)
+        self._scalar("reward/pearson", pearson, s)
+        self._scalar("reward/spearman", spearman, s)
+
+    def _video(self, states: list[np.ndarray], s: int) -> None:
+        size = int(self.cfg.log.video_size)
+        stride = max(1, math.ceil(len(states) / int(self.cfg.log.video_max_frames)))
+        env = self.eval_envs[0]
+        frames = [env.render_state(st, width=size, height=size) for st in states[::stride]]
+        add_gif(self.writer, "videos/eval_rollout", frames, s, fps=max(1, 30 // stride))
+
+    def _sb3_scalar(self, tag: str, value: float, step: int) -> None:
+        self._scalar(tag, value, self.step)
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+        self.last[tag] = float(value)
+
+    def _log(self, force: bool = False) -> None:
+        cfg, s = self.cfg, self.step
+        if not force and s < self.next_log:
+            return
+        dt = time.perf_counter() - self._t_chunk
+        sps = self._steps_chunk / dt if dt > 0 else float("nan")
+        self._t_chunk, self._steps_chunk = time.perf_counter(), 0
+        self._scalar("charts/sps", sps, s)
+        counts = self.store.counts()
+        labels = counts["first"] + counts["second"] + counts["equal"]
+        self._scalar("pref/labels", labels, s)
+        if cfg.log.progress != "none":
+            ret = self.last.get("eval/true_return", float("nan"))
+            acc = self.last.get("pref/accuracy_heldout", float("nan"))
+            print(
+                f"[{cfg.agent.name} {self.env_name} s{cfg.seed}] step {s:,}/"
+                f"{int(cfg.num_train_steps):,} | labels {labels} ({self.queries_used}/"
+                f"{cfg.max_feedback} asked, {counts['skip']} skip, {counts['equal']} equal) | "
+                f"eval return {ret:.1f} | pref acc {acc:.3f} | {sps:.0f} steps/s",
+                flush=True,
+            )
+        while self.next_log <= s:
+            self.next_log += int(cfg.log.every)
+        self.writer.flush()
+
+    # ------------------------------------------------------------------------------------
+    # checkpoint / resume
+    def _save_config(self) -> None:
+        path = self.run_dir / "config.yaml"
+        if not path.exists():
+            OmegaConf.save(self.cfg, path, resolve=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run bit-for-bit."""
+        state: dict[str, Any] = {
+            "sb3": sb3_state(self.model),
+            "wrapper": self.venv.get_state(),
+            "envs": [env.get_env_state() for env in self.train_envs],
+            "buffer": self.buffer.state_dict(),
+            "learner": self.learner.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "loop": {
+                k: getattr(self, k)
+                for k in (
+                    "round",
+                    "queries_used",
+                    "feedback_started",
+                    "last_feedback_step",
+                    "next_eval",
+                    "next_log",
+                    "next_video",
+                    "next_ckpt",
+                    "reward_active",
+                    "labelled_obs",
+                    "labelled_act",
+                    "labelled_target",
+                    "last",
+                )
+            },
+            "rng": {
+                "loop": self.rng.bit_generator.state,
+                "eval": self.eval_rng.bit_generator.state,
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+            },
+        }
+        if self.algo == "ppo" and self.vecnorm is not None:
+            v = self.vecnorm
+            state["vecnorm"] = {
+                "obs_rms": v.obs_rms,
+                "ret_rms": v.ret_rms,
+                "returns": v.returns,
+                "old_obs": v.old_obs,
+                "old_reward": v.old_reward,
+            }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict` on a loop built from the same config."""
+        load_sb3_state(self.model, state["sb3"])
+        self.venv.set_state(state["wrapper"])
+        for env, s in zip(self.train_envs, state["envs"], strict=True):
+            env.set_env_state(s)
+        self.buffer.load_state_dict(state["buffer"])
+        self.learner.load_state_dict(state["learner"])
+        self.teacher.load_state_dict(state["teacher"])
+        for k, v in state["loop"].items():
+            setattr(self, k, v)
+        rng = state["rng"]
+        self.rng.bit_generator.state = rng["loop"]
+        self.eval_rng.bit_generator.state = rng["eval"]
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "vecnorm" in state:
+            for k, v in state["vecnorm"].items():
+                setattr(self.vecnorm, k, v)
+
+    def save_checkpoint(self) -> Path:
+        """Atomically replace ``run_dir/checkpoint/state.pt``."""
+        final = self.run_dir / CHECKPOINT
+        tmp = self.run_dir / (CHECKPOINT + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(self.state_dict(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        (tmp / "meta.json").write_text(json.dumps({"step": self.step, "time": time.time()}))
+        old = self.run_dir / (CHECKPOINT + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def try_resume(self) -> bool:
+        """Load the run directory's checkpoint if there is one; True if resumed."""
+        for name in (CHECKPOINT, CHECKPOINT + ".old"):
+            path = self.run_dir / name / "state.pt"
+            if path.exists():
+                state = torch.load(path, weights_only=False)
+                self.load_state_dict(state)
+                print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
+                return True
+        return False
+
+    def close(self) -> None:
+        """Close the writer, the store and the envs."""
+        self.writer.close()
+        self.store.close()
+        for env in [*self.train_envs, *self.eval_envs]:
+            env.close()
