@@ -1,0 +1,128 @@
+"""Environment registry: ``make_env(name, seed)``, ``make(name, num_envs, seed)``, ``names()``.
+
+A suite is one module that calls :func:`register` for each of its tasks; every env it builds
+is a :class:`~pbrl.envs.base.PbrlEnv` (reward factors, sim state, re-rendering).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Headless rendering: MuJoCo's EGL backend needs no display (Linux, CPU or GPU).
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import gymnasium as gym  # noqa: E402
+
+# PyOpenGL announces at INFO level that an optional accelerator is missing; nobody needs that.
+logging.getLogger("OpenGL").setLevel(logging.WARNING)
+
+from pbrl.envs.base import PbrlEnv  # noqa: E402
+
+
+class UnknownEnvError(KeyError):
+    """An environment name that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingExtraError(ImportError):
+    """An optional suite's dependency is not installed; the message names the extra."""
+
+    def __init__(self, suite: str, extra: str, package: str):
+        super().__init__(
+            f"the {suite} suite needs {package}, which is not installed; install it with "
+            f"`pip install 'pbrl[{extra}]'`"
+        )
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """A registered environment."""
+
+    name: str
+    factory: Callable[..., PbrlEnv]
+    suite: str
+    description: str
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+
+
+def register(name: str, factory: Callable[..., PbrlEnv], *, suite: str, description: str) -> None:
+    """Add ``name`` to the registry; ``factory(seed=..., **kwargs)`` builds one env."""
+    if name in _REGISTRY:
+        raise ValueError(f"environment {name!r} is already registered")
+    _REGISTRY[name] = EnvSpec(name, factory, suite, description)
+
+
+def names(suite: str | None = None) -> list[str]:
+    """Registered names, optionally of one suite."""
+    return sorted(n for n, s in _REGISTRY.items() if suite is None or s.suite == suite)
+
+
+def spec(name: str) -> EnvSpec:
+    """The registry entry of ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownEnvError(
+            f"unknown environment {name!r}; registered: {', '.join(names())}"
+        ) from None
+
+
+def make_env(
+    name: str, seed: int | None = None, max_episode_steps: int | None = None, **kwargs: Any
+) -> PbrlEnv:
+    """One env, reset with ``seed`` if given; episodes cut at ``max_episode_steps`` if given.
+
+    Other keyword arguments go to the suite's factory (e.g. ``gym.make`` options).
+
+    Raises:
+        UnknownEnvError: ``name`` is not registered (the message lists what is).
+    """
+    env = spec(name).factory(seed=seed, **kwargs)
+    if max_episode_steps is not None:
+        env.set_max_episode_steps(max_episode_steps)
+    if seed is not None:
+        env.action_space.seed(seed)
+        env.reset(seed=seed)
+    return env
+
+
+def make(name: str, num_envs: int = 1, seed: int = 0, **kwargs: Any) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``name`` in a gymnasium vector env, seeded ``seed + i``."""
+    spec(name)
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    fns = [lambda i=i: make_env(name, seed=seed + i, **kwargs) for i in range(num_envs)]
+    venv = gym.vector.SyncVectorEnv(fns)
+    venv.reset(seed=[seed + i for i in range(num_envs)])
+    return venv
+
+
+def _register_core() -> None:
+    from pbrl.envs import dmc, mujoco
+
+    for key, (gym_id, _) in mujoco.LOCOMOTION.items():
+
+        def factory(seed: int | None = None, _key: str = key, **kw: Any) -> PbrlEnv:
+            return mujoco.make_locomotion(_key, **kw)
+
+        register(key, factory, suite="mujoco", description=f"gymnasium {gym_id}")
+    for key, (domain, task) in dmc.TASKS.items():
+
+        def dmc_factory(seed: int | None = None, _key: str = key, **kw: Any) -> PbrlEnv:
+            return dmc.DMCEnv(_key, seed=seed, **kw)
+
+        register(key, dmc_factory, suite="dm_control", description=f"dm_control {domain}-{task}")
+
+
+_register_core()

@@ -227,6 +227,7 @@ class PreferenceLoop:
         self.last: dict[str, float] = {}
         self._t_chunk = time.perf_counter()
         self._steps_chunk = 0
+        self._last_logged = -1
 
     # ------------------------------------------------------------------------------------
     # rewards seen by the agent
@@ -465,8 +466,9 @@ class PreferenceLoop:
 
     def _log(self, force: bool = False) -> None:
         cfg, s = self.cfg, self.step
-        if not force and s < self.next_log:
+        if (not force and s < self.next_log) or s == self._last_logged:
             return
+        self._last_logged = s
         dt = time.perf_counter() - self._t_chunk
         sps = self._steps_chunk / dt if dt > 0 else float("nan")
         self._t_chunk, self._steps_chunk = time.perf_counter(), 0

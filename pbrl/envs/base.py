@@ -1,0 +1,148 @@
+"""The contract every pbrl environment keeps, whatever the simulator.
+
+A :class:`PbrlEnv` is a gymnasium wrapper whose ``step`` info carries:
+
+- ``"true_reward"`` — the env's own reward (also returned as the reward);
+- ``"reward_factors"`` — named reward terms (``env.factor_names``); the reward is the
+  documented function :meth:`PbrlEnv.reward_from_factors` of them;
+- ``"sim_state"`` — the simulator state *before* the step, i.e. the state behind the
+  observation the agent acted on (``reset`` info carries the initial one); frames are
+  re-rendered from it by :meth:`PbrlEnv.render_state`, so pixels are never stored;
+- ``"success"`` — where the task has a success flag;
+- ``"episode"`` — ``{"r": true return, "l": length}`` on the last step (SB3-Monitor format).
+
+``get_env_state``/``set_env_state`` capture and restore everything needed to continue the
+live episode bit-for-bit (used by checkpoints).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+
+class PbrlEnv(gym.Wrapper, abc.ABC):
+    """Base wrapper: subclasses provide the simulator-specific hooks.
+
+    Hooks: :meth:`_get_sim_state`, :meth:`_factors`, :meth:`_render`, :meth:`_snapshot`,
+    :meth:`_restore`, and the class attributes ``factor_names``.
+    """
+
+    factor_names: tuple[str, ...] = ()
+
+    def __init__(self, env: gym.Env, max_episode_steps: int):
+        super().__init__(env)
+        self.max_episode_steps = int(max_episode_steps)
+        self._state: np.ndarray | None = None
+        self._ep_return = 0.0
+        self._ep_len = 0
+        self._truncate_at: int | None = None
+
+    def set_max_episode_steps(self, n: int) -> None:
+        """End episodes (``truncated=True``) after ``n`` steps, if sooner than the task does."""
+        if n < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {n}")
+        self._truncate_at = int(n)
+        self.max_episode_steps = min(self.max_episode_steps, int(n))
+
+    # --- hooks ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _get_sim_state(self) -> np.ndarray:
+        """1-D float64 state of the live simulator (enough to re-render it)."""
+
+    @abc.abstractmethod
+    def _factors(self, info: dict[str, Any]) -> dict[str, float]:
+        """Named reward terms of the step that produced ``info``."""
+
+    @abc.abstractmethod
+    def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Frame of ``state`` without touching the live simulator."""
+
+    @abc.abstractmethod
+    def _snapshot(self) -> dict[str, Any]:
+        """Simulator-specific part of :meth:`get_env_state`."""
+
+    @abc.abstractmethod
+    def _restore(self, snap: dict[str, Any]) -> None:
+        """Inverse of :meth:`_snapshot`."""
+
+    @abc.abstractmethod
+    def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The true reward as a function of the factors (vectorised over any shape)."""
+
+    # --- gymnasium API ----------------------------------------------------------------
+    @property
+    def state_dim(self) -> int:
+        """Size of ``info["sim_state"]``."""
+        if self._state is None:
+            return int(self._get_sim_state().shape[0])
+        return int(self._state.shape[0])
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        """Reset; ``info["sim_state"]`` is the initial state."""
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._state = self._get_sim_state()
+        self._ep_return, self._ep_len = 0.0, 0
+        info["sim_state"] = self._state
+        return obs, info
+
+    def step(self, action):  # type: ignore[no-untyped-def,override]
+        """Step; adds the true reward, its factors and the pre-step state to ``info``."""
+        before = self._state
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward = float(reward)
+        info["true_reward"] = reward
+        info["reward_factors"] = self._factors(info)
+        info["sim_state"] = before
+        self._state = self._get_sim_state()
+        self._ep_return += reward
+        self._ep_len += 1
+        if self._truncate_at is not None and self._ep_len >= self._truncate_at:
+            truncated = True
+        if terminated or truncated:
+            info["episode"] = {"r": self._ep_return, "l": self._ep_len}
+        return obs, reward, terminated, truncated, info
+
+    def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:
+        """``(height, width, 3)`` uint8 frame of a stored ``sim_state``."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (self.state_dim,):
+            raise ValueError(
+                f"sim_state must have shape ({self.state_dim},) for {type(self).__name__}, got "
+                f"{state.shape}; pass one step's state, e.g. segment.sim_state[i, t]"
+            )
+        return self._render(state, int(width), int(height))
+
+    def render_live(self, width: int = 84, height: int = 84) -> np.ndarray:
+        """Frame of the live simulator's current state."""
+        return self.render_state(self._get_sim_state(), width, height)
+
+    def get_env_state(self) -> dict[str, Any]:
+        """Everything needed to continue the live episode exactly (for checkpoints)."""
+        return {
+            "sim": self._snapshot(),
+            "state": None if self._state is None else self._state.copy(),
+            "ep_return": self._ep_return,
+            "ep_len": self._ep_len,
+        }
+
+    def set_env_state(self, snap: dict[str, Any]) -> None:
+        """Inverse of :meth:`get_env_state`."""
+        self._restore(snap["sim"])
+        self._state = None if snap["state"] is None else np.array(snap["state"])
+        self._ep_return = float(snap["ep_return"])
+        self._ep_len = int(snap["ep_len"])
+
+
+def find_wrapper(env: gym.Env, cls: type) -> Any | None:
+    """The first wrapper of type ``cls`` in ``env``'s wrapper chain, if any."""
+    while True:
+        if isinstance(env, cls):
+            return env
+        if not hasattr(env, "env"):
+            return None
+        env = env.env
