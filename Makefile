@@ -13,11 +13,11 @@ install-test:
 	$(PY) -m pip install -e ".[test]"
 
 run: install
-	pbrl-train
+	$(PY) -m pbrl
 
 lint:
-	ruff check pbrl tests examples benchmarks
-	ruff format --check pbrl tests examples benchmarks
+	$(PY) -m ruff check pbrl tests examples benchmarks
+	$(PY) -m ruff format --check pbrl tests examples benchmarks
 
 test: install-test lint
 	$(PY) -m pytest

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 RUNS = Path("runs")
+OVERRIDES = "overrides.yaml"  # the command-line overrides a run was started with
 
 
 class ResumeError(RuntimeError):
@@ -42,11 +43,16 @@ def latest_run(root: Path = RUNS) -> Path | None:
     return max(runs, key=stamp)
 
 
+# A resumed invocation records its Hydra files apart, so the run's own record stays intact
+# even when the resume is refused.
+_RESUME_OUTPUT = "hydra.output_subdir=.hydra-resume"
+
+
 def _resume_args(run_dir: Path, extra: list[str]) -> list[str]:
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides_file = run_dir / OVERRIDES
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    overrides = [o for o in overrides or [] if not o.startswith(("resume=", "hydra.run.dir="))]
-    return [*overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true"]
+    overrides = [o for o in overrides or [] if not o.startswith(("resume=", "hydra."))]
+    return [*overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true", _RESUME_OUTPUT]
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -67,12 +73,14 @@ def prepare_argv(argv: list[str]) -> list[str]:
                 "pass overrides as key=value, or the directory of an earlier run to resume it"
             )
         return _resume_args(run_dir, rest)
-    if "resume=true" in argv and not any(a.startswith("hydra.run.dir=") for a in argv):
+    if "resume=true" not in argv:
+        return argv
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
         run_dir = latest_run()
         if run_dir is None:
             raise ResumeError(f"resume=true but there is no run under {RUNS.resolve()} to resume")
-        return [*[a for a in argv if a != "resume=true"], f"hydra.run.dir={run_dir}", "resume=true"]
-    return argv
+        argv = [*argv, f"hydra.run.dir={run_dir}"]
+    return [*argv, _RESUME_OUTPUT]
 
 
 def _config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
@@ -129,12 +137,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> float:
     from pbrl.loops.online import RunError
+    from pbrl.store import NotAFeedbackStoreError, SchemaVersionError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not cfg.resume and not (run_dir / OVERRIDES).exists():
+        task = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+        (run_dir / OVERRIDES).write_text(yaml.safe_dump(list(task)))
     print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir})", flush=True)
     try:
         final = run(cfg, run_dir)
-    except (RunError, ResumeError) as err:
+    except (RunError, ResumeError, SchemaVersionError, NotAFeedbackStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     return float(final.get("eval/true_return", float("nan")))

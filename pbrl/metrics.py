@@ -27,7 +27,7 @@ class EvalResult:
     """Per-episode outcomes of :func:`evaluate` and the sim states of its first episode."""
 
     true_return: np.ndarray
-    learned_return: np.ndarray
+    learned_return: np.ndarray | None
     length: np.ndarray
     success: np.ndarray | None
     first_states: list[np.ndarray] = field(default_factory=list)
@@ -37,9 +37,10 @@ class EvalResult:
         out = {
             "eval/true_return": float(self.true_return.mean()),
             "eval/true_return_std": float(self.true_return.std()),
-            "eval/learned_return": float(self.learned_return.mean()),
             "eval/episode_length": float(self.length.mean()),
         }
+        if self.learned_return is not None:
+            out["eval/learned_return"] = float(self.learned_return.mean())
         if self.success is not None:
             out["eval/success_rate"] = float(self.success.mean())
         return out
@@ -88,7 +89,13 @@ def evaluate(
             obs[i] = o
             if term or trunc:
                 alive[i] = False
-    return EvalResult(true_ret, learned_ret, length, success if has_success else None, states)
+    return EvalResult(
+        true_ret,
+        learned_ret if reward_fn is not None else None,
+        length,
+        success if has_success else None,
+        states,
+    )
 
 
 def preference_accuracy(probs: np.ndarray, target: np.ndarray) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -136,3 +137,11 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     res = train([*args, "max_feedback=20", "resume=true"], tmp_path)
     assert res.returncode != 0
     assert "max_feedback" in res.stderr and "refusing to resume" in res.stderr
+
+    # A feedback store written by another schema version is refused, not misread.
+    with sqlite3.connect(run_dir / "feedback.sqlite") as con:
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    res = train([str(run_dir)], tmp_path)
+    assert res.returncode != 0
+    assert "schema" in res.stderr.lower() and "99" in res.stderr
+    assert "Traceback" not in res.stderr

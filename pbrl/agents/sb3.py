@@ -22,6 +22,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(obs (B, D_o), action (B, D_a) scaled to [-1, 1]) -> (B,) reward."""
 
+MaybeRewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray | None]
+"""A reward function that may return None: then the env's own reward is used."""
+
 
 def scale_action(action: np.ndarray, space: gym.spaces.Box) -> np.ndarray:
     """Map an env action to [-1, 1] (the convention of SB3's replay buffer and our reward)."""
@@ -37,7 +40,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
     be cut from recent episodes.
     """
 
-    def __init__(self, venv: VecEnv, reward_fn: RewardFn, recorder: Any | None = None):
+    def __init__(self, venv: VecEnv, reward_fn: MaybeRewardFn, recorder: Any | None = None):
         super().__init__(venv)
         self.reward_fn = reward_fn
         self.recorder = recorder
@@ -59,7 +62,8 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         next_obs, _true_rew, dones, infos = self.venv.step_wait()
         assert self._obs is not None and self._actions is not None
         act = scale_action(np.asarray(self._actions, np.float32), self.action_space)
-        reward = np.asarray(self.reward_fn(self._obs.astype(np.float32), act), np.float32)
+        learned = self.reward_fn(self._obs.astype(np.float32), act)
+        reward = np.asarray(_true_rew if learned is None else learned, np.float32)
         if self.recorder is not None:
             real_next = next_obs.copy()
             for i, done in enumerate(dones):

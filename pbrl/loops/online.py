@@ -131,19 +131,26 @@ class PreferenceLoop:
 
         # --- reward learner, teacher, queries, store --------------------------------------
         r = cfg.reward
-        self.learner = BTRewardLearner(
-            self.obs_dim,
-            self.act_dim,
-            ensemble_size=r.ensemble_size,
-            hidden=r.hidden,
-            n_layers=r.n_layers,
-            lr=r.lr,
-            batch_size=r.batch_size,
-            max_epochs=r.max_epochs,
-            acc_target=r.acc_target,
-            label_margin=r.label_margin,
-            device=self.device,
-            seed=seed,
+        # reward=true_reward: the agent sees the env's reward (the normaliser of B-Pref's
+        # protocol); no teacher is asked and no reward is learned.
+        self.true_reward = r.name == "true_reward"
+        self.learner = (
+            None
+            if self.true_reward
+            else BTRewardLearner(
+                self.obs_dim,
+                self.act_dim,
+                ensemble_size=r.ensemble_size,
+                hidden=r.hidden,
+                n_layers=r.n_layers,
+                lr=r.lr,
+                batch_size=r.batch_size,
+                max_epochs=r.max_epochs,
+                acc_target=r.acc_target,
+                label_margin=r.label_margin,
+                device=self.device,
+                seed=seed,
+            )
         )
         t = OmegaConf.to_container(cfg.teacher, resolve=True)
         assert isinstance(t, dict)
@@ -231,7 +238,9 @@ class PreferenceLoop:
 
     # ------------------------------------------------------------------------------------
     # rewards seen by the agent
-    def _reward(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+    def _reward(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray | None:
+        if self.true_reward:
+            return None  # the wrapper passes the env's own reward through
         if self.phase_unsup and self.algo == "ppo":
             return self.buffer.intrinsic_reward(obs)
         if not self.reward_active:
@@ -277,7 +286,11 @@ class PreferenceLoop:
 
     def _set_phase(self) -> None:
         """Unsupervised pre-training between the seed steps and the first feedback round."""
-        unsup = (not self.feedback_started) and self.step >= int(self.cfg.agent.num_seed_steps)
+        unsup = (
+            not self.true_reward
+            and not self.feedback_started
+            and self.step >= int(self.cfg.agent.num_seed_steps)
+        )
         self.phase_unsup = unsup and int(self.cfg.agent.num_unsup_steps) > 0
         if self.algo == "sac":
             self.buffer.set_reward_mode("intrinsic" if self.phase_unsup else "stored")
@@ -287,7 +300,9 @@ class PreferenceLoop:
         seed_steps = int(self.cfg.agent.num_seed_steps)
         if self.step < seed_steps:
             cands.append(seed_steps)
-        if not self.feedback_started:
+        if self.true_reward:
+            pass
+        elif not self.feedback_started:
             cands.append(self.unsup_end)
         elif self.queries_used < self.cfg.max_feedback:
             cands.append(self.last_feedback_step + int(self.cfg.agent.num_interact))
@@ -295,7 +310,9 @@ class PreferenceLoop:
 
     def _after_chunk(self, dt: float) -> None:
         cfg = self.cfg
-        if not self.feedback_started and self.step >= self.unsup_end:
+        if self.true_reward:
+            pass
+        elif not self.feedback_started and self.step >= self.unsup_end:
             self._first_feedback()
         elif (
             self.feedback_started
@@ -504,7 +521,7 @@ class PreferenceLoop:
             "wrapper": self.venv.get_state(),
             "envs": [env.get_env_state() for env in self.train_envs],
             "buffer": self.buffer.state_dict(),
-            "learner": self.learner.state_dict(),
+            "learner": None if self.learner is None else self.learner.state_dict(),
             "teacher": self.teacher.state_dict(),
             "loop": {
                 k: getattr(self, k)
@@ -550,7 +567,8 @@ class PreferenceLoop:
         for env, s in zip(self.train_envs, state["envs"], strict=True):
             env.set_env_state(s)
         self.buffer.load_state_dict(state["buffer"])
-        self.learner.load_state_dict(state["learner"])
+        if self.learner is not None:
+            self.learner.load_state_dict(state["learner"])
         self.teacher.load_state_dict(state["teacher"])
         for k, v in state["loop"].items():
             setattr(self, k, v)
