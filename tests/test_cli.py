@@ -145,3 +145,31 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     assert res.returncode != 0
     assert "schema" in res.stderr.lower() and "99" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_multirun_sweeps_seeds_with_every_choice_from_config(tmp_path: Path) -> None:
+    res = train(
+        [
+            "--multirun",
+            "agent=prefppo",
+            "teacher=noisy",
+            "query=entropy",
+            "env=hopper",
+            "experiment=fast",
+            "max_feedback=20",
+            "num_train_steps=1300",
+            "seed=0,1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*-s*"))
+    assert [r.name for r in runs] == ["0-s0", "1-s1"]
+    for seed, run_dir in enumerate(runs):
+        cfg = (run_dir / "config.yaml").read_text()
+        assert f"seed: {seed}" in cfg and "name: noisy" in cfg and "name: entropy" in cfg
+        with FeedbackStore(run_dir / "feedback.sqlite") as store:
+            assert store.num_queries() == 20
+            selectors = {store.get_query(q).selector for q in store.query_ids()}
+        assert selectors == {"uniform", "entropy"}  # first round uniform, then entropy

@@ -242,6 +242,9 @@ class PreferenceLoop:
         if self.true_reward:
             return None  # the wrapper passes the env's own reward through
         if self.phase_unsup and self.algo == "ppo":
+            if self.buffer.size() * self.buffer.n_envs <= int(self.cfg.agent.knn_k):
+                # Too few stored states for a k-th neighbour yet (first steps of the run).
+                return np.zeros(len(obs), np.float32)
             return self.buffer.intrinsic_reward(obs)
         if not self.reward_active:
             # Rewards stored before the first reward training are relabelled (SAC) or unused.
