@@ -21,6 +21,7 @@ withheld.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -159,7 +160,7 @@ def kcenter_greedy(
 
 
 # --- selectors ----------------------------------------------------------------------------
-class Selector:
+class Selector(abc.ABC):
     """Base class: validates arguments and stamps the result with :attr:`name` and scores."""
 
     name: str = ""
@@ -197,6 +198,7 @@ class Selector:
         out = candidates.subset(idx)
         return dataclasses.replace(out, selector=self.name, scores=scores)
 
+    @abc.abstractmethod
     def _pick(
         self,
         candidates: QueryBatch,
@@ -207,7 +209,6 @@ class Selector:
         rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(m,)`` chosen pool indices and their ``(m,)`` scores."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
