@@ -113,8 +113,9 @@ def main() -> None:
 
 def write_results(args: argparse.Namespace, rows: list, mean_norm: float) -> None:
     cmd = "python benchmarks/feedback_efficiency.py " + " ".join(sys.argv[1:])
+    header = f"{SECTION}: {args.env}"
     lines = [
-        SECTION,
+        header,
         "",
         f"Date: {dt.date.today().isoformat()}. Machine: 2 CPU cores, no GPU. Command: `{cmd}`.",
         "",
@@ -142,7 +143,7 @@ def write_results(args: argparse.Namespace, rows: list, mean_norm: float) -> Non
         "direction, not the paper's band.",
         "",
     ]
-    _replace_section(RESULTS, SECTION, "\n".join(lines))
+    _replace_section(RESULTS, header, "\n".join(lines))
 
 
 def _replace_section(path: Path, header: str, body: str) -> None:
