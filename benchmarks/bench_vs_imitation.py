@@ -11,8 +11,11 @@ evaluation). Reports the per-seed and mean ratio imitation / pbrl and the return
 
 Target (core issue): pbrl >= 2x faster (ratio >= 2) at equal or better final true return.
 
-    python benchmarks/bench_vs_imitation.py --steps 20000 --max-feedback 100 --seeds 0 1 \\
+    python benchmarks/bench_vs_imitation.py --steps 32000 --max-feedback 100 --seeds 0 1 \\
         --unsup-steps 4000 --interact 4000 --write-results
+
+--steps must be a multiple of num_envs x n_steps x rounds (rounds = max(2, ceil(B / 128))) so
+both sides train the same number of PPO rollouts (PPO stops only at rollout boundaries).
 
 HalfCheetah-v5 (pbrl, gymnasium 1.x) and HalfCheetah-v4 (imitation, gymnasium 0.29) are the same
 task: with mujoco 3.17 the same seed and actions give bit-identical observations and rewards.
@@ -88,6 +91,7 @@ def run_pbrl(args: argparse.Namespace, seed: int, root: Path) -> dict:
         "wall_s": wall,
         "true_return": float(final["eval/true_return"]),
         "labels": final.get("pref/labels"),
+        "agent_steps": int(final.get("charts/time_total_timesteps", -1)),
     }
 
 
@@ -120,6 +124,7 @@ def run_imitation(args: argparse.Namespace, seed: int) -> dict:
         "true_return": float(out["true_return"]),
         "labels": out["comparisons"],
         "env_steps": out["env_steps"],
+        "agent_steps": out["agent_steps"],
         "inner_wall_s": out["wall_s"],
     }
 
@@ -127,7 +132,7 @@ def run_imitation(args: argparse.Namespace, seed: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--env", default="halfcheetah", choices=sorted(ENVS))
-    p.add_argument("--steps", type=int, default=200_000, help="env steps T, both sides")
+    p.add_argument("--steps", type=int, default=352_000, help="env steps T, both sides")
     p.add_argument("--max-feedback", type=int, default=1400, help="label budget B, both sides")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--reward-batch", type=int, default=128, help="queries per feedback round")
@@ -139,11 +144,22 @@ def main() -> None:
     p.add_argument("--pbrl-extra", nargs="*", default=[], help="more pbrl-train overrides")
     p.add_argument("--imitation-extra", nargs="*", default=[], help="more imitation args")
     p.add_argument("--imitation-python", type=Path, default=VENV_PY)
+    p.add_argument("--allow-unaligned", action="store_true")
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
 
     if not args.imitation_python.exists():
         sys.exit(f"{args.imitation_python} missing: run bash benchmarks/setup_imitation_venv.sh")
+    rollout = args.num_envs * args.n_steps
+    chunks = max(2, math.ceil(args.max_feedback / args.reward_batch))  # imitation's learn() calls
+    if args.steps % (rollout * chunks) and not args.allow_unaligned:
+        # PPO only stops at rollout boundaries: pbrl trains ceil(T / rollout) rollouts, imitation
+        # ceil(T / chunks / rollout) in each of its chunks; unaligned T gives them unequal work.
+        sys.exit(
+            f"--steps {args.steps} is not a multiple of num_envs x n_steps x rounds = "
+            f"{rollout} x {chunks}: the two sides would train different numbers of PPO rollouts "
+            "(pass --allow-unaligned to run anyway)"
+        )
     if args.unsup_steps >= args.steps:
         sys.exit(
             f"--unsup-steps {args.unsup_steps} >= --steps {args.steps}: pbrl would never ask a "
@@ -206,7 +222,8 @@ def write_results(args: argparse.Namespace, rows: list, s: dict) -> None:
         "include the extra rollouts it takes to cut its first queries (pbrl takes none).",
         "",
         "| seed | first | pbrl wall s | imitation wall s | ratio (imit / pbrl) "
-        "| pbrl return | imitation return | pbrl labels | imitation labels | imitation env steps |",
+        "| pbrl return | imitation return | labels (pbrl / imit) | agent steps (pbrl / imit) "
+        "| imitation env steps |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -214,7 +231,8 @@ def write_results(args: argparse.Namespace, rows: list, s: dict) -> None:
         lines.append(
             f"| {r['seed']} | {r['first']} | {pb['wall_s']:.1f} | {im['wall_s']:.1f} "
             f"| {r['ratio']:.2f} | {pb['true_return']:.1f} | {im['true_return']:.1f} "
-            f"| {pb['labels']} | {im['labels']} | {im['env_steps']} |"
+            f"| {pb['labels']:.0f} / {im['labels']} | {pb['agent_steps']} / {im['agent_steps']} "
+            f"| {im['env_steps']} |"
         )
     lines += [
         f"| mean | | | | {s['mean_ratio']:.2f} (geomean {s['geomean_ratio']:.2f}) "

@@ -26,8 +26,12 @@ Not matchable (imitation has no knob for it, or it would change the algorithm):
   early stopping; PrefPPO trains up to 200 epochs a round and stops at 97% train accuracy.
 - Rounds are spread evenly over the whole run; PrefPPO queries every num_interact steps after
   pre-training and freezes the reward once the budget is spent.
-- Queries come from the newest agent rollouts (imitation's buffer); when too few exist (first
-  round) imitation rolls out extra steps, which env_steps counts and pbrl does not need.
+- Queries come from the newest *finished* agent episodes (imitation's buffer); when too few
+  exist (first round) imitation rolls out extra steps with the current policy, and since every
+  env must finish its 1000-step episode that is num_envs x 1000 steps (16000 at 16 envs).
+  env_steps counts them, agent_steps does not; pbrl cuts queries from its own training rollouts.
+- PPO stops only at rollout boundaries (num_envs x n_steps); T must be a multiple of that times
+  the number of rounds for agent_steps to equal T (bench_vs_imitation.py checks this).
 - Segment selection is uniform random (PrefPPO's query=uniform, the bench default).
 """
 

@@ -29,7 +29,7 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
     """Base wrapper: subclasses provide the simulator-specific hooks.
 
     Hooks: :meth:`_get_sim_state`, :meth:`_factors`, :meth:`_render`, :meth:`_snapshot`,
-    :meth:`_restore`, and the class attributes ``factor_names``.
+    :meth:`_restore`, optionally :meth:`_success`, and the attribute ``factor_names``.
     """
 
     factor_names: tuple[str, ...] = ()
@@ -70,6 +70,10 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
     def _restore(self, snap: dict[str, Any]) -> None:
         """Inverse of :meth:`_snapshot`."""
 
+    def _success(self, info: dict[str, Any]) -> bool | None:
+        """The task's success flag for the step that produced ``info`` (None: no such flag)."""
+        return None
+
     @abc.abstractmethod
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
         """The true reward as a function of the factors (vectorised over any shape)."""
@@ -98,6 +102,9 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         info["true_reward"] = reward
         info["reward_factors"] = self._factors(info)
         info["sim_state"] = before
+        success = self._success(info)
+        if success is not None:
+            info["success"] = bool(success)
         self._state = self._get_sim_state()
         self._ep_return += reward
         self._ep_len += 1

@@ -1,31 +1,44 @@
 """dm_control suite tasks (those B-Pref reports) through a gymnasium interface of our own.
 
-Observations are the task's observation dict flattened in its key order (float32); actions
-are the task's Box (``[-1, 1]`` for these tasks); episodes last 1000 control steps
-(dm_control's time limit) and end with ``truncated=True``; one control step per env step
-(no action repeat, as in BPref's dmc2gym setting ``frame_skip=1``).
+Observations are the task's observation dict flattened in its key order (float32); the
+action space is ``Box(-1, 1)``: the task's own for walker and cheetah, mapped affinely onto
+the task's bounds for quadruped (as B-Pref's ``dmc2gym`` does); episodes last 1000 control steps
+(dm_control's time limit) and end with ``truncated=True``, never ``terminated``; one control
+step per env step (no action repeat: B-Pref builds these tasks with ``dmc2gym.make`` and its
+default ``frame_skip=1``). ``reset(seed=s)`` re-seeds the task's ``RandomState(s)``, which
+draws the initial state.
 
 Reward factors are recomputed from physics exactly as each task's ``get_reward`` does
-(``dm_control.suite``), and the reward is this documented function of them:
+(``dm_control/suite/{walker,cheetah,quadruped}.py``), and the reward is this documented
+function of them:
 
 =============== ==============================================================================
 task            reward_from_factors
 =============== ==============================================================================
 walker_walk     (3 standing + upright) / 4 * (5 move + 1) / 6
-walker_run      same, move speed 8
-cheetah_run     run    (= tolerance(speed, (10, inf), margin 10, linear))
+                standing = tolerance(torso_height, (1.2, inf), margin 0.6, gaussian, 0.1)
+                upright  = (1 + torso_upright) / 2
+                move     = tolerance(speed, (1, inf), margin 0.5, linear, 0.5)
+walker_run      same, move speed 8 (margin 4)
+cheetah_run     run = tolerance(speed, (10, inf), margin 10, linear, 0)
 quadruped_walk  upright * move
+                upright = tolerance(torso_upright, (1, inf), margin 2, linear, 0)
+                move    = tolerance(torso_velocity_x, (0.5, inf), margin 0.5, linear, 0.5)
 quadruped_run   upright * move (desired speed 5)
 =============== ==============================================================================
 
 Raw quantities (``speed``, ``torso_height``) are reported beside them for factor-based
 teachers; they do not enter the reward.
+
+The stored simulator state is ``physics.get_state()`` (qpos, qvel, act): what decides a frame
+of these tasks (no mocap bodies, static terrain). Checkpoints copy the whole ``mjData``.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -48,6 +61,40 @@ _FACTORS: dict[str, tuple[str, ...]] = {
     "quadruped": ("upright", "move", "speed"),
 }
 
+# physics.get_state()'s layout, read with one C call instead of three array copies.
+_STATE_SIG = (
+    mujoco.mjtState.mjSTATE_QPOS | mujoco.mjtState.mjSTATE_QVEL | mujoco.mjtState.mjSTATE_ACT
+)
+
+
+def _lower_tolerance(lower: float, margin: float, sigmoid: str, value_at_margin: float):
+    """``dm_control.utils.rewards.tolerance(x, (lower, inf), margin, sigmoid, value)``.
+
+    A scalar closure: dm_control's array version costs ~10 us per call, which matters
+    inside SAC's step loop. Same arithmetic in float64 (agrees to the last ulp or so).
+    """
+    if sigmoid == "gaussian":
+        scale = float(np.sqrt(-2.0 * np.log(value_at_margin)))
+
+        def tol(x: float) -> float:
+            if x >= lower:
+                return 1.0
+            d = (lower - x) / margin * scale
+            return math.exp(-0.5 * d * d)
+
+    elif sigmoid == "linear":
+        scale = 1.0 - value_at_margin
+
+        def tol(x: float) -> float:
+            if x >= lower:
+                return 1.0
+            d = (lower - x) / margin * scale
+            return 1.0 - d if abs(d) < 1.0 else 0.0
+
+    else:
+        raise ValueError(f"unsupported sigmoid {sigmoid!r}; valid: gaussian, linear")
+    return tol
+
 
 class _DMCCore(gym.Env):
     """The dm_control environment as a plain gymnasium env (no pbrl extras)."""
@@ -62,45 +109,111 @@ class _DMCCore(gym.Env):
         self.physics = self._env.physics
         self.task = self._env.task
         spec = self._env.action_spec()
-        self.action_space = gym.spaces.Box(
-            spec.minimum.astype(np.float32), spec.maximum.astype(np.float32), dtype=np.float32
-        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, spec.shape, dtype=np.float32)
+        # Tasks whose controls are not [-1, 1] (quadruped: lift [-1, 1.1], extend
+        # [-0.8, 0.8]) get dmc2gym's affine map, so agents see the same space as in B-Pref.
+        low, high = spec.minimum.astype(np.float64), spec.maximum.astype(np.float64)
+        self._rescale = None
+        if not (np.all(low == -1.0) and np.all(high == 1.0)):
+            self._rescale = (low, high - low)
         obs_spec = self._env.observation_spec()
-        self._obs_keys = list(obs_spec)
+        self._obs_keys = tuple(obs_spec)
         dim = sum(int(np.prod(obs_spec[k].shape)) for k in self._obs_keys)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), dtype=np.float32)
         self.max_episode_steps = int(round(self._env._step_limit))
 
     def _flat(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(obs[k], np.float32).ravel() for k in self._obs_keys])
+        return np.concatenate([np.ravel(obs[k]) for k in self._obs_keys]).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        """Reset; ``seed`` re-seeds the task's RandomState (initial-state draws)."""
         if seed is not None:
-            # dm_control draws initial states from the task's RandomState.
             self.task._random = np.random.RandomState(seed)
         ts = self._env.reset()
         return self._flat(ts.observation), {}
 
     def step(self, action):  # type: ignore[no-untyped-def,override]
-        ts = self._env.step(np.asarray(action, np.float64))
-        truncated = ts.last()
-        return self._flat(ts.observation), float(ts.reward), False, truncated, {}
+        """One control step; the time limit ends the episode as truncation."""
+        action = np.asarray(action, np.float64)
+        if self._rescale is not None:
+            low, width = self._rescale
+            action = (action + 1.0) / 2.0 * width + low
+        ts = self._env.step(action)
+        return self._flat(ts.observation), float(ts.reward), False, ts.last(), {}
+
+    def close(self) -> None:
+        """Free the physics (dm_control's Environment has no close of its own)."""
+        self.physics.free()
 
 
-def _tolerance(
-    x: float, bounds: tuple[float, float], margin: float, sigmoid: str, value_at_margin: float
-) -> float:
-    from dm_control.utils import rewards
+def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[], dict[str, float]]:
+    """A closure computing the task's reward factors from the live physics.
 
-    return float(
-        rewards.tolerance(
-            x, bounds=bounds, margin=margin, sigmoid=sigmoid, value_at_margin=value_at_margin
-        )
-    )
+    Physics quantities are read from pre-resolved indices into flat views of the raw
+    ``mjData`` arrays (the same entries the suite's ``Physics`` helpers read through named
+    indexing, which is ~10x slower). The views stay valid: reset, ``set_env_state`` and
+    re-rendering all write into the same buffers.
+    """
+    model, data = physics.model, physics.data.ptr
+    torso = model.name2id("torso", "body")
+    xpos_z = data.xpos.reshape(-1)[3 * torso + 2 : 3 * torso + 3]
+    xmat_zz = data.xmat.reshape(-1)[9 * torso + 8 : 9 * torso + 9]
+    sensordata = data.sensordata
+    assert np.shares_memory(xpos_z, data.xpos) and np.shares_memory(xmat_zz, data.xmat)
+    if domain == "walker":
+        vel_adr = int(model.sensor_adr[model.name2id("torso_subtreelinvel", "sensor")])
+        standing_tol = _lower_tolerance(1.2, 0.6, "gaussian", 0.1)
+        ms = float(task._move_speed)
+        move_tol = _lower_tolerance(ms, ms / 2, "linear", 0.5) if ms else (lambda x: 1.0)
+
+        def walker() -> dict[str, float]:
+            height = float(xpos_z[0])
+            speed = float(sensordata[vel_adr])
+            return {
+                "standing": standing_tol(height),
+                "upright": (1.0 + float(xmat_zz[0])) / 2.0,
+                "move": move_tol(speed),
+                "torso_height": height,
+                "speed": speed,
+            }
+
+        return walker
+    if domain == "cheetah":
+        vel_adr = int(model.sensor_adr[model.name2id("torso_subtreelinvel", "sensor")])
+        run_tol = _lower_tolerance(10.0, 10.0, "linear", 0.0)
+
+        def cheetah() -> dict[str, float]:
+            speed = float(sensordata[vel_adr])
+            return {"run": run_tol(speed), "speed": speed}
+
+        return cheetah
+    if domain == "quadruped":
+        vel_adr = int(model.sensor_adr[model.name2id("velocimeter", "sensor")])
+        ds = float(task._desired_speed)
+        move_tol = _lower_tolerance(ds, ds, "linear", 0.5)
+        # _upright_reward(deviation_angle=0): bounds (cos 0, inf), margin 1 + cos 0.
+        dev = float(np.cos(np.deg2rad(0)))
+        upright_tol = _lower_tolerance(dev, 1.0 + dev, "linear", 0.0)
+
+        def quadruped() -> dict[str, float]:
+            speed = float(sensordata[vel_adr])
+            return {
+                "upright": upright_tol(float(xmat_zz[0])),
+                "move": move_tol(speed),
+                "speed": speed,
+            }
+
+        return quadruped
+    raise KeyError(f"no reward factors for dm_control domain {domain!r}; valid: {sorted(_FACTORS)}")
 
 
 class DMCEnv(PbrlEnv):
-    """A dm_control task with reward factors, sim state and re-rendering."""
+    """A dm_control task with reward factors, sim state and re-rendering.
+
+    ``render_state`` sets the stored state on the live physics, renders with
+    ``physics.render(height, width, camera_id=0)`` (the suite's tracking camera) and copies
+    the live ``mjData`` back, so the episode is untouched.
+    """
 
     def __init__(self, name: str, seed: int | None = None):
         if name not in TASKS:
@@ -110,38 +223,18 @@ class DMCEnv(PbrlEnv):
         super().__init__(core, core.max_episode_steps)
         self.core = core
         self.factor_names = _FACTORS[domain]
-        self._render_physics = None
+        self._compute_factors = _factor_fn(domain, core.physics, core.task)
+        self._model_ptr, self._data_ptr = core.physics.model.ptr, core.physics.data.ptr
+        self._state_size = mujoco.mj_stateSize(self._model_ptr, _STATE_SIG)
+        self._saved: mujoco.MjData | None = None
 
     def _get_sim_state(self) -> np.ndarray:
-        return np.asarray(self.core.physics.get_state(), np.float64).copy()
+        out = np.empty(self._state_size, np.float64)
+        mujoco.mj_getState(self._model_ptr, self._data_ptr, out, _STATE_SIG)
+        return out
 
     def _factors(self, info: dict[str, Any]) -> dict[str, float]:
-        p, task, domain = self.core.physics, self.core.task, self.core.domain
-        if domain == "walker":
-            standing = _tolerance(p.torso_height(), (1.2, float("inf")), 0.6, "gaussian", 0.1)
-            upright = (1.0 + float(p.torso_upright())) / 2.0
-            speed = float(p.horizontal_velocity())
-            ms = float(task._move_speed)
-            move = _tolerance(speed, (ms, float("inf")), ms / 2, "linear", 0.5) if ms else 1.0
-            return {
-                "standing": standing,
-                "upright": upright,
-                "move": move,
-                "torso_height": float(p.torso_height()),
-                "speed": speed,
-            }
-        if domain == "cheetah":
-            speed = float(p.speed())
-            return {
-                "run": _tolerance(speed, (10.0, float("inf")), 10.0, "linear", 0.0),
-                "speed": speed,
-            }
-        # quadruped
-        speed = float(p.torso_velocity()[0])
-        ds = float(task._desired_speed)
-        move = _tolerance(speed, (ds, float("inf")), ds, "linear", 0.5)
-        upright = _tolerance(float(p.torso_upright()), (1.0, float("inf")), 2.0, "linear", 0.0)
-        return {"upright": upright, "move": move, "speed": speed}
+        return self._compute_factors()
 
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
         """The task's reward from its factors (see the module table)."""
@@ -155,12 +248,18 @@ class DMCEnv(PbrlEnv):
         return f["upright"] * f["move"]
 
     def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
-        if self._render_physics is None:
-            self._render_physics = self.core.physics.copy(share_model=True)
-        p = self._render_physics
-        with p.reset_context():
-            p.set_state(state)
-        return np.asarray(p.render(height=height, width=width, camera_id=0)).copy()
+        # Render on the live physics (one GL context per env) and put its whole mjData back
+        # afterwards, so the episode continues bit-for-bit (tests check this).
+        p = self.core.physics
+        if self._saved is None:
+            self._saved = mujoco.MjData(p.model.ptr)
+        mujoco.mj_copyData(self._saved, p.model.ptr, p.data.ptr)
+        try:
+            with p.reset_context():  # reset, set the state, then mj_forward (kinematics)
+                p.set_state(state)
+            return np.asarray(p.render(height=height, width=width, camera_id=0)).copy()
+        finally:
+            mujoco.mj_copyData(p.data.ptr, p.model.ptr, self._saved)
 
     def _snapshot(self) -> dict[str, Any]:
         env = self.core._env

@@ -50,7 +50,10 @@ class MujocoRenderer:
     """Renders MuJoCo states into frames on a private ``MjData`` (the live one is untouched).
 
     Uses the model's ``track`` camera when it has one (a camera that follows the body, as
-    the v5 locomotion models define), otherwise a free camera following body 1.
+    the v5 locomotion models define), otherwise a free camera following body 1. Frames equal
+    ``gym.make(id, render_mode="rgb_array", camera_name="track").render()`` pixel for pixel
+    on the same state (tests check this); gymnasium's default camera is not used because in
+    gymnasium 1.4 it is a free camera fixed where the robot stood when rendering began.
     """
 
     def __init__(self, model: mujoco.MjModel):
@@ -109,10 +112,13 @@ class GymMujocoEnv(PbrlEnv):
         self.factor_names = factor_names
         self._model: mujoco.MjModel = env.unwrapped.model
         self._data: mujoco.MjData = env.unwrapped.data
+        self._state_size = mujoco.mj_stateSize(self._model, _RENDER_STATE)
         self._renderer: MujocoRenderer | None = None
 
     def _get_sim_state(self) -> np.ndarray:
-        return get_state(self._model, self._data)
+        out = np.empty(self._state_size, np.float64)
+        mujoco.mj_getState(self._model, self._data, out, _RENDER_STATE)
+        return out
 
     def _factors(self, info: dict[str, Any]) -> dict[str, float]:
         return {k: float(info[k]) for k in self.factor_names}

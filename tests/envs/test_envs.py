@@ -1,0 +1,306 @@
+"""Every registered env keeps the PbrlEnv contract (pbrl/envs/base.py).
+
+Rewards and factors, the pre-step sim state, re-rendering from a stored state against an
+independent live render, seeding, bit-exact checkpoint continuation, the registry's errors,
+and the dm_control reward formulas against dm_control's own ``rewards.tolerance``.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import pytest
+
+from pbrl import envs
+from pbrl.envs import dmc
+from pbrl.envs.base import PbrlEnv, find_wrapper
+from pbrl.envs.mujoco import LOCOMOTION
+
+ALL = envs.names()
+GYM = [n for n in ALL if n in LOCOMOTION]
+DMC = [n for n in ALL if n in dmc.TASKS]
+REQUIRED = {
+    "halfcheetah",
+    "hopper",
+    "walker2d",
+    "ant",
+    "walker_walk",
+    "cheetah_run",
+    "quadruped_walk",
+}
+
+# One render test per simulator model: walker_run/quadruped_run share the walk tasks' models.
+RENDER = list(
+    {
+        (dmc.TASKS[n][0] if n in dmc.TASKS else n): n
+        for n in sorted(ALL, key=lambda n: n in REQUIRED)
+    }.values()
+)
+
+
+def _actions(env: gym.Env, n: int, seed: int) -> np.ndarray:
+    space = env.action_space
+    rng = np.random.default_rng(seed)
+    return rng.uniform(space.low, space.high, (n, *space.shape)).astype(np.float32)
+
+
+def test_registry_has_the_core_envs_and_every_env_is_listed_once() -> None:
+    assert REQUIRED <= set(ALL)
+    assert len(ALL) == len(set(ALL)) == len(GYM) + len(DMC)
+    assert envs.names("mujoco") == sorted(GYM) and envs.names("dm_control") == sorted(DMC)
+
+
+def test_unknown_name_error_lists_the_valid_names() -> None:
+    for call in (lambda: envs.make_env("halfchetah"), lambda: envs.make("halfchetah", 2)):
+        with pytest.raises(envs.UnknownEnvError) as err:
+            call()
+        assert isinstance(err.value, KeyError)
+        msg = str(err.value)
+        assert "'halfchetah'" in msg
+        assert all(n in msg for n in ALL)
+
+
+def test_register_rejects_duplicates_and_missing_extra_names_the_extra() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        envs.register("hopper", lambda **kw: None, suite="mujoco", description="dup")  # type: ignore[arg-type,return-value]
+    err = envs.MissingExtraError("franka", "franka", "robosuite")
+    assert isinstance(err, ImportError)
+    assert "pip install 'pbrl[franka]'" in str(err) and "robosuite" in str(err)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vector_env_reward_factors_and_pre_step_state(name: str) -> None:
+    venv = envs.make(name, num_envs=2, seed=0)
+    single = venv.envs[0]
+    assert isinstance(single, PbrlEnv)
+    obs, info = venv.reset(seed=5)
+    assert obs.shape == (2, *single.observation_space.shape)
+    assert obs.dtype == single.observation_space.dtype  # gymnasium: float64, ours: float32
+    assert info["sim_state"].shape == (2, single.state_dim)
+    assert info["sim_state"].dtype == np.float64
+    assert not np.array_equal(obs[0], obs[1])  # seeds 5 and 6 start differently
+    if name in dmc.TASKS:
+        np.testing.assert_array_equal(single.action_space.low, -1.0)
+        np.testing.assert_array_equal(single.action_space.high, 1.0)
+    acts = _actions(venv, 8, seed=0)
+    for act in acts:
+        before = np.stack([e._get_sim_state() for e in venv.envs])
+        obs, reward, term, trunc, info = venv.step(act)
+        if term.any() or trunc.any():
+            break
+        # info["sim_state"] is the state *before* this step, for each copy.
+        np.testing.assert_array_equal(info["sim_state"], before)
+        np.testing.assert_array_equal(info["true_reward"], reward)
+        # The vector env adds "_name" masks beside each aggregated key.
+        factors = {k: v for k, v in info["reward_factors"].items() if not k.startswith("_")}
+        assert set(factors) == set(single.factor_names)
+        np.testing.assert_allclose(single.reward_from_factors(factors), reward, atol=1e-5)
+        assert "success" not in info  # none of these tasks has a success flag
+    venv.close()
+
+
+def _live_frame(env: PbrlEnv, twin: gym.Env | None, height: int, width: int) -> np.ndarray:
+    """The live simulator's frame now, rendered by the simulator's own renderer.
+
+    dm_control: ``physics.render`` on the live physics (its step leaves the kinematics up to
+    date). gymnasium: the env's own ``render()`` (camera "track") on a twin that holds a copy
+    of the live ``mjData`` brought up to date with ``mj_forward`` — gymnasium's step leaves
+    ``xpos`` one substep behind ``qpos``, and the frame of ``s_t`` should show ``qpos_t``.
+    """
+    if twin is None:
+        return np.asarray(env.core.physics.render(height=height, width=width, camera_id=0))
+    mujoco.mj_copyData(twin.unwrapped.data, env._model, env._data)
+    mujoco.mj_forward(twin.unwrapped.model, twin.unwrapped.data)
+    return twin.render()
+
+
+@pytest.mark.parametrize("name", RENDER)
+def test_render_state_equals_the_live_frame(name: str) -> None:
+    h, w = 48, 64
+    env = envs.make_env(name, seed=1)
+    twin = None
+    if name in LOCOMOTION:
+        gym_id = LOCOMOTION[name][0]
+        twin = gym.make(gym_id, render_mode="rgb_array", width=w, height=h, camera_name="track")
+        twin.reset(seed=0)
+    env.reset(seed=1)
+    acts = _actions(env, 16, seed=1)
+    for act in acts[:5]:
+        env.step(act)
+    live = _live_frame(env, twin, h, w).copy()  # the frame of s_5
+    _, _, _, _, info = env.step(acts[5])  # its sim_state is s_5
+    stored = info["sim_state"].copy()
+    for act in acts[6:12]:
+        env.step(act)
+    snap = env.get_env_state()
+    frame = env.render_state(stored, width=w, height=h)
+    assert frame.shape == (h, w, 3) and frame.dtype == np.uint8
+    assert frame.std() > 5  # a scene, not a blank image
+    np.testing.assert_array_equal(frame, live)  # pixel for pixel
+    # Re-rendering left the live episode untouched: it goes on exactly like a restored copy.
+    copy = envs.make_env(name, seed=2)
+    copy.set_env_state(snap)
+    for act in acts[12:]:
+        np.testing.assert_array_equal(env.step(act)[0], copy.step(act)[0])
+    with pytest.raises(ValueError, match="sim_state must have shape"):
+        env.render_state(stored[:-1])
+    for e in (env, copy, twin):
+        if e is not None:
+            e.close()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_seeding_reproduces_observations(name: str) -> None:
+    a, b = envs.make_env(name, seed=3), envs.make_env(name, seed=3)
+    oa, ia = a.reset(seed=3)
+    ob, ib = b.reset(seed=3)
+    np.testing.assert_array_equal(oa, ob)
+    np.testing.assert_array_equal(ia["sim_state"], ib["sim_state"])
+    assert not np.array_equal(a.reset(seed=4)[0], oa)
+    np.testing.assert_array_equal(a.reset(seed=3)[0], oa)  # re-seeding the same env
+    for act in _actions(a, 5, seed=3):
+        np.testing.assert_array_equal(a.step(act)[0], b.step(act)[0])
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_checkpoint_continuation_is_bit_exact(name: str) -> None:
+    a = envs.make_env(name, seed=7)
+    acts = _actions(a, 30, seed=7)
+    for act in acts[:10]:
+        a.step(act)
+    snap = a.get_env_state()
+    c = envs.make_env(name, seed=123)  # a fresh env in another state
+    for act in acts[:3]:
+        c.step(act)
+    c.set_env_state(snap)
+    for act in acts[10:]:
+        oa, ra, ta, tra, ia = a.step(act)
+        oc, rc, tc, trc, ic = c.step(act)
+        np.testing.assert_array_equal(oa, oc)
+        assert (ra, ta, tra) == (rc, tc, trc)
+        np.testing.assert_array_equal(ia["sim_state"], ic["sim_state"])
+        assert ia["reward_factors"] == ic["reward_factors"]
+        if ta or tra:  # an early fall in hopper/walker2d: the episode ends in both alike
+            assert ia["episode"] == ic["episode"]
+            break
+    # The env's RNG came along: the next unseeded reset draws the same initial state.
+    np.testing.assert_array_equal(a.reset()[0], c.reset()[0])
+    a.close()
+    c.close()
+
+
+def test_checkpoint_keeps_time_limit_and_episode_statistics() -> None:
+    """Restored near the time limit, the copy truncates on the same step with the same return."""
+    a = envs.make_env("halfcheetah", seed=0)  # never terminates: only the time limit ends it
+    assert a.max_episode_steps == 1000
+    acts = _actions(a, 1000, seed=0)
+    for act in acts[:990]:
+        a.step(act)
+    c = envs.make_env("halfcheetah", seed=1)
+    c.set_env_state(a.get_env_state())
+    assert find_wrapper(c, gym.wrappers.TimeLimit)._elapsed_steps == 990
+    for t, act in enumerate(acts[990:], start=991):
+        ra, rc = a.step(act), c.step(act)
+        assert ra[3] == rc[3] == (t == 1000) and not ra[2]
+    assert ra[4]["episode"] == rc[4]["episode"]
+    assert ra[4]["episode"]["l"] == 1000
+    a.close()
+    c.close()
+
+
+def test_dm_control_episode_is_1000_steps_and_truncates() -> None:
+    env = envs.make_env("cheetah_run", seed=0)
+    assert env.max_episode_steps == 1000
+    total, act = 0.0, np.zeros(env.action_space.shape, np.float32)
+    for t in range(1, 1001):
+        _, r, term, trunc, info = env.step(act)
+        total += r
+        assert not term and trunc == (t == 1000)
+    assert info["episode"] == {"r": pytest.approx(total), "l": 1000}
+    env.close()
+
+
+def test_max_episode_steps_override_truncates_and_reports_the_episode() -> None:
+    env = envs.make_env("walker_walk", seed=0, max_episode_steps=7)
+    assert env.max_episode_steps == 7
+    total = 0.0
+    for act in _actions(env, 7, seed=0):
+        _, r, term, trunc, info = env.step(act)
+        total += r
+    assert trunc and not term
+    assert info["episode"] == {"r": pytest.approx(total), "l": 7}
+    env.close()
+
+
+@pytest.mark.parametrize(
+    ("x", "lower", "margin", "sigmoid", "value", "want"),
+    [
+        (1.3, 1.2, 0.6, "gaussian", 0.1, 1.0),  # in bounds
+        (0.6, 1.2, 0.6, "gaussian", 0.1, 0.1),  # one margin out: value_at_margin
+        (0.9, 1.2, 0.6, "gaussian", 0.1, 0.1**0.25),  # half a margin: exp(-d^2 s^2 / 2)
+        (5.0, 10.0, 10.0, "linear", 0.0, 0.5),  # cheetah_run at 5 m/s
+        (-1.0, 10.0, 10.0, "linear", 0.0, 0.0),  # beyond the margin
+        (0.5, 1.0, 0.5, "linear", 0.5, 0.5),  # walker move at one margin out
+        (0.75, 1.0, 0.5, "linear", 0.5, 0.75),
+    ],
+)
+def test_tolerance_matches_hand_values_and_dm_control(
+    x: float, lower: float, margin: float, sigmoid: str, value: float, want: float
+) -> None:
+    from dm_control.utils import rewards
+
+    got = dmc._lower_tolerance(lower, margin, sigmoid, value)(x)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    ref = rewards.tolerance(
+        x, bounds=(lower, float("inf")), margin=margin, sigmoid=sigmoid, value_at_margin=value
+    )
+    assert got == pytest.approx(float(ref), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", DMC)
+def test_dm_control_factors_are_the_tasks_own_terms(name: str) -> None:
+    """Each factor equals the suite's term computed by dm_control's code on the same physics."""
+    from dm_control.suite import quadruped
+    from dm_control.utils import rewards
+
+    env = envs.make_env(name, seed=2)
+    p, task = env.core.physics, env.core.task
+    for act in _actions(env, 15, seed=2):
+        _, r, _, _, info = env.step(act)
+        f = info["reward_factors"]
+        assert float(task.get_reward(p)) == r
+        if env.core.domain == "walker":
+            standing = rewards.tolerance(p.torso_height(), (1.2, float("inf")), margin=0.6)
+            assert f["standing"] == pytest.approx(standing, rel=1e-12, abs=1e-15)
+            assert f["upright"] == (1 + p.torso_upright()) / 2
+            assert f["speed"] == p.horizontal_velocity()
+        elif env.core.domain == "cheetah":
+            assert f["speed"] == p.speed()
+        else:
+            assert f["upright"] == pytest.approx(quadruped._upright_reward(p), rel=1e-12)
+            assert f["speed"] == p.torso_velocity()[0]
+        assert float(env.reward_from_factors(f)) == pytest.approx(r, rel=1e-12, abs=1e-15)
+    env.close()
+
+
+@pytest.mark.parametrize("name", GYM)
+def test_gym_factors_are_the_envs_reward_terms(name: str) -> None:
+    """Factors are the v5 env's ``reward_*`` info terms; the reward is their sum."""
+    env = envs.make_env(name, seed=0)
+    raw_terms = {
+        "halfcheetah": {"reward_forward", "reward_ctrl"},
+        "hopper": {"reward_forward", "reward_ctrl", "reward_survive"},
+        "walker2d": {"reward_forward", "reward_ctrl", "reward_survive"},
+        "ant": {"reward_forward", "reward_ctrl", "reward_contact", "reward_survive"},
+    }
+    _, r, _, _, info = env.step(_actions(env, 1, seed=0)[0])
+    assert {k for k in info if k.startswith("reward_") and k != "reward_factors"} == set(
+        env.factor_names
+    )
+    if name in raw_terms:
+        assert set(env.factor_names) == raw_terms[name]
+    assert sum(info[k] for k in env.factor_names) == pytest.approx(r, rel=1e-12)
+    env.close()
