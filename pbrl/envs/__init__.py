@@ -54,6 +54,7 @@ class EnvSpec:
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
+OBS_MODES = ("state", "pixels")
 
 
 def register(name: str, factory: Callable[..., PbrlEnv], *, suite: str, description: str) -> None:
@@ -79,18 +80,42 @@ def spec(name: str) -> EnvSpec:
 
 
 def make_env(
-    name: str, seed: int | None = None, max_episode_steps: int | None = None, **kwargs: Any
-) -> PbrlEnv:
+    name: str,
+    seed: int | None = None,
+    max_episode_steps: int | None = None,
+    obs: str = "state",
+    pixel_size: int | tuple[int, int] = 84,
+    frame_stack: int = 3,
+    **kwargs: Any,
+) -> gym.Env:
     """One env, reset with ``seed`` if given; episodes cut at ``max_episode_steps`` if given.
 
-    Other keyword arguments go to the suite's factory (e.g. ``gym.make`` options).
+    Args:
+        name: a registered name (:func:`names`).
+        seed: seeds the env's reset and its action space.
+        max_episode_steps: cut episodes after this many steps (if sooner than the task).
+        obs: ``"state"`` (the suite's vector observation) or ``"pixels"`` (``frame_stack``
+            RGB frames of ``pixel_size``, channel-first uint8, rendered from the sim state).
+        pixel_size: frame size, ``int`` (square) or ``(height, width)``; pixels only.
+        frame_stack: frames per observation; pixels only.
+        **kwargs: go to the suite's factory (e.g. ``gym.make`` options).
+
+    The returned env is the suite's :class:`~pbrl.envs.base.PbrlEnv` (``obs="state"``) or a
+    :class:`~pbrl.envs.pixels.PixelObservation` around it; both keep the info contract.
 
     Raises:
         UnknownEnvError: ``name`` is not registered (the message lists what is).
+        MissingExtraError: the suite's optional dependency is not installed.
     """
-    env = spec(name).factory(seed=seed, **kwargs)
+    if obs not in OBS_MODES:
+        raise ValueError(f"obs must be one of {OBS_MODES}, got {obs!r}")
+    env: gym.Env = spec(name).factory(seed=seed, **kwargs)
     if max_episode_steps is not None:
-        env.set_max_episode_steps(max_episode_steps)
+        env.set_max_episode_steps(max_episode_steps)  # type: ignore[attr-defined]
+    if obs == "pixels":
+        from pbrl.envs.pixels import PixelObservation
+
+        env = PixelObservation(env, size=pixel_size, frame_stack=frame_stack)
     if seed is not None:
         env.action_space.seed(seed)
         env.reset(seed=seed)
@@ -98,7 +123,10 @@ def make_env(
 
 
 def make(name: str, num_envs: int = 1, seed: int = 0, **kwargs: Any) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of ``name`` in a gymnasium vector env, seeded ``seed + i``."""
+    """``num_envs`` copies of ``name`` in a gymnasium vector env, seeded ``seed + i``.
+
+    Keyword arguments are those of :func:`make_env` (``obs``, ``max_episode_steps``, ...).
+    """
     spec(name)
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -108,21 +136,28 @@ def make(name: str, num_envs: int = 1, seed: int = 0, **kwargs: Any) -> gym.vect
     return venv
 
 
-def _register_core() -> None:
-    from pbrl.envs import dmc, mujoco
-
-    for key, (gym_id, _) in mujoco.LOCOMOTION.items():
-
-        def factory(seed: int | None = None, _key: str = key, **kw: Any) -> PbrlEnv:
-            return mujoco.make_locomotion(_key, **kw)
-
-        register(key, factory, suite="mujoco", description=f"gymnasium {gym_id}")
-    for key, (domain, task) in dmc.TASKS.items():
-
-        def dmc_factory(seed: int | None = None, _key: str = key, **kw: Any) -> PbrlEnv:
-            return dmc.DMCEnv(_key, seed=seed, **kw)
-
-        register(key, dmc_factory, suite="dm_control", description=f"dm_control {domain}-{task}")
+# Suite modules, each with ``register_suite(register)``. A suite whose optional dependency is
+# missing still registers its names; building one of its envs raises MissingExtraError.
+SUITES: tuple[str, ...] = (
+    "mujoco",
+    "dmc",
+    "metaworld",
+    "franka",
+    "xmagical",
+    "minerl",
+    "crafter",
+)
 
 
-_register_core()
+def _register_suites() -> None:
+    import importlib
+    import importlib.util
+
+    for mod_name in SUITES:
+        full = f"pbrl.envs.{mod_name}"
+        if importlib.util.find_spec(full) is None:  # suite not written yet
+            continue
+        importlib.import_module(full).register_suite(register)
+
+
+_register_suites()

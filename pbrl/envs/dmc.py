@@ -276,3 +276,13 @@ class DMCEnv(PbrlEnv):
         self.core.task.random.set_state(snap["task_random"])
         self.core._env._step_count = snap["step_count"]
         self.core._env._reset_next_step = snap["reset_next_step"]
+
+
+def register_suite(register: Any) -> None:
+    """Registry hook: one entry per :data:`TASKS` task."""
+    for key, (domain, task) in TASKS.items():
+
+        def factory(seed: int | None = None, _key: str = key, **kw: Any) -> PbrlEnv:
+            return DMCEnv(_key, seed=seed, **kw)
+
+        register(key, factory, suite="dm_control", description=f"dm_control {domain}-{task}")

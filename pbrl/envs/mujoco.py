@@ -161,3 +161,13 @@ def make_locomotion(name: str, **kwargs: Any) -> GymMujocoEnv:
     """Build a registered locomotion env by its pbrl name (kwargs go to ``gym.make``)."""
     gym_id, factors = LOCOMOTION[name]
     return GymMujocoEnv(gym_id, factors, **kwargs)
+
+
+def register_suite(register: Any) -> None:
+    """Registry hook: one entry per :data:`LOCOMOTION` task."""
+    for key, (gym_id, _) in LOCOMOTION.items():
+
+        def factory(seed: int | None = None, _key: str = key, **kw: Any) -> PbrlEnv:
+            return make_locomotion(_key, **kw)
+
+        register(key, factory, suite="mujoco", description=f"gymnasium {gym_id}")

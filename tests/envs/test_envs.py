@@ -17,7 +17,7 @@ from pbrl.envs import dmc
 from pbrl.envs.base import PbrlEnv, find_wrapper
 from pbrl.envs.mujoco import LOCOMOTION
 
-ALL = envs.names()
+ALL = envs.names("mujoco") + envs.names("dm_control")
 GYM = [n for n in ALL if n in LOCOMOTION]
 DMC = [n for n in ALL if n in dmc.TASKS]
 REQUIRED = {
