@@ -224,6 +224,17 @@ class PbrlReplayBuffer(ReplayBuffer):
         else:
             if len(infos) != n:
                 raise ValueError(f"got {len(infos)} infos for {n} env columns")
+            try:  # fast path; the checks below only run to explain a failure
+                true_r = np.array([info["true_reward"] for info in infos], np.float32)
+                factors = np.array(
+                    [[info["reward_factors"][k] for k in names] for info in infos], np.float32
+                ).reshape(n, len(names))
+                sim = np.array([info["sim_state"] for info in infos], np.float64)
+            except (KeyError, TypeError, ValueError):
+                pass
+            else:
+                if sim.size == n * self.state_dim:
+                    return true_r.reshape(n), factors, sim.reshape(n, self.state_dim)
             for i, info in enumerate(infos):
                 missing = [k for k in _INFO_KEYS if k not in info]
                 if missing:

@@ -45,7 +45,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from pbrl.envs.base import PbrlEnv
+from pbrl.envs.base import PbrlEnv, check_render_quality
 
 TASKS: dict[str, tuple[str, str]] = {
     "walker_walk": ("walker", "walk"),
@@ -207,6 +207,23 @@ def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[], dict[str, f
     raise KeyError(f"no reward factors for dm_control domain {domain!r}; valid: {sorted(_FACTORS)}")
 
 
+def render_physics(physics: Any, height: int, width: int, quality: str = "fast") -> np.ndarray:
+    """``physics.render`` from the suite's tracking camera (0) at ``quality``.
+
+    ``"fast"``: no shadows or reflections, and the GL context (created on the first render)
+    without multisampling — see :data:`pbrl.envs.base.RENDER_QUALITIES`.
+    """
+    if check_render_quality(quality) == "full":
+        return physics.render(height=height, width=width, camera_id=0)
+    physics.model.vis.quality.offsamples = 0  # read when the context is first made
+    return physics.render(
+        height=height,
+        width=width,
+        camera_id=0,
+        render_flag_overrides={"shadow": False, "reflection": False},
+    )
+
+
 class DMCEnv(PbrlEnv):
     """A dm_control task with reward factors, sim state and re-rendering.
 
@@ -215,7 +232,8 @@ class DMCEnv(PbrlEnv):
     the live ``mjData`` back, so the episode is untouched.
     """
 
-    def __init__(self, name: str, seed: int | None = None):
+    def __init__(self, name: str, seed: int | None = None, render_quality: str = "fast"):
+        self.render_quality = check_render_quality(render_quality)
         if name not in TASKS:
             raise KeyError(f"unknown dm_control task {name!r}; valid: {sorted(TASKS)}")
         domain, task = TASKS[name]
@@ -257,7 +275,7 @@ class DMCEnv(PbrlEnv):
         try:
             with p.reset_context():  # reset, set the state, then mj_forward (kinematics)
                 p.set_state(state)
-            return np.asarray(p.render(height=height, width=width, camera_id=0)).copy()
+            return np.asarray(render_physics(p, height, width, self.render_quality)).copy()
         finally:
             mujoco.mj_copyData(p.data.ptr, p.model.ptr, self._saved)
 

@@ -29,7 +29,7 @@ import mujoco
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from pbrl.envs.base import PbrlEnv, find_wrapper
+from pbrl.envs.base import PbrlEnv, check_render_quality, find_wrapper
 
 _RENDER_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
@@ -56,8 +56,9 @@ class MujocoRenderer:
     gymnasium 1.4 it is a free camera fixed where the robot stood when rendering began.
     """
 
-    def __init__(self, model: mujoco.MjModel):
+    def __init__(self, model: mujoco.MjModel, quality: str = "fast"):
         self.model = model
+        self.quality = check_render_quality(quality)
         self.data = mujoco.MjData(model)
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
@@ -78,7 +79,7 @@ class MujocoRenderer:
             # The offscreen buffer must hold the frame; grow the model's default if needed.
             self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, width)
             self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, height)
-            self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
+            self._renderers[key] = make_renderer(self.model, height, width, self.quality)
         mujoco.mj_setState(self.model, self.data, state, _RENDER_STATE)
         mujoco.mj_forward(self.model, self.data)
         renderer = self._renderers[key]
@@ -92,6 +93,26 @@ class MujocoRenderer:
         self._renderers.clear()
 
 
+def make_renderer(model: mujoco.MjModel, height: int, width: int, quality: str) -> mujoco.Renderer:
+    """A ``mujoco.Renderer`` with the visual settings of ``quality`` (:data:`RENDER_QUALITIES`).
+
+    ``"fast"`` creates the GL context without multisampling and turns shadows and reflections
+    off in the renderer's scene; the model's own settings are left as they were.
+    """
+    check_render_quality(quality)
+    if quality == "full":
+        return mujoco.Renderer(model, height=height, width=width)
+    samples = model.vis.quality.offsamples
+    model.vis.quality.offsamples = 0
+    try:
+        r = mujoco.Renderer(model, height=height, width=width)
+    finally:
+        model.vis.quality.offsamples = samples
+    r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    return r
+
+
 def get_state(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
     """``mj_getState(mjSTATE_FULLPHYSICS)`` as a float64 vector."""
     out = np.empty(mujoco.mj_stateSize(model, _RENDER_STATE), np.float64)
@@ -102,7 +123,14 @@ def get_state(model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray:
 class GymMujocoEnv(PbrlEnv):
     """A gymnasium MuJoCo v5 env with reward factors, sim state and re-rendering."""
 
-    def __init__(self, gym_id: str, factor_names: tuple[str, ...], **kwargs: Any):
+    def __init__(
+        self,
+        gym_id: str,
+        factor_names: tuple[str, ...],
+        render_quality: str = "fast",
+        **kwargs: Any,
+    ):
+        self.render_quality = check_render_quality(render_quality)
         env = gym.make(gym_id, disable_env_checker=True, **kwargs)
         limit = find_wrapper(env, TimeLimit)
         if limit is None:
@@ -129,7 +157,7 @@ class GymMujocoEnv(PbrlEnv):
 
     def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
         if self._renderer is None:
-            self._renderer = MujocoRenderer(self._model)
+            self._renderer = MujocoRenderer(self._model, self.render_quality)
         return self._renderer.render(state, width, height)
 
     def _snapshot(self) -> dict[str, Any]:

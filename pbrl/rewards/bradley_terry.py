@@ -96,6 +96,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+# Rows up to which CPU inference runs in NumPy (see RewardEnsemble._predict_small).
+_SMALL_BATCH = 64
+
+
 class RewardEnsemble(nn.Module):
     """``E`` reward MLPs ``r_e([s, a])`` evaluated together.
 
@@ -149,6 +153,8 @@ class RewardEnsemble(nn.Module):
             nn.Parameter(torch.empty(e, i, o)) for i, o in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(e, 1, o)) for o in sizes[1:])
+        self._param_list = [*self.weights, *self.biases]
+        self._np_cache: tuple[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] | None = None
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -235,6 +241,8 @@ class RewardEnsemble(nn.Module):
         o = obs.reshape(-1, self.obs_dim)
         a = act.reshape(-1, self.act_dim)
         dev = self.weights[0].device
+        if dev.type == "cpu" and len(o) <= _SMALL_BATCH:
+            return self._predict_small(o, a).reshape(lead)
         chunk = chunk or _CHUNK_ROWS.get(dev.type, 65536)
         out = np.empty(len(o), np.float32)
         for s in range(0, len(o), chunk):
@@ -247,6 +255,35 @@ class RewardEnsemble(nn.Module):
             ).to(dev, non_blocking=True)
             out[s : s + chunk] = self(x, per_member=False).mean(0).cpu().numpy()
         return out.reshape(lead)
+
+
+    def _predict_small(self, o: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """:meth:`predict` for a few rows on the CPU, in NumPy on views of the weights.
+
+        An env step asks for one row per env; torch's per-operator dispatch costs more than
+        the arithmetic there (about 3x in ``benchmarks/overhead.py``). Same math, float32.
+        """
+        params = self._param_list
+        ptrs = tuple(p.data_ptr() for p in params)
+        if self._np_cache is None or self._np_cache[0] != ptrs:
+            # views (no copy) of the live weights: in-place updates show through
+            n = len(self.weights)
+            views = [p.detach().numpy() for p in params]
+            self._np_cache = (ptrs, list(zip(views[:n], views[n:], strict=True)))
+        layers = self._np_cache[1]
+        h = np.concatenate([o, a], axis=-1, dtype=np.float32)[None]  # (1, B, D)
+        last = len(layers) - 1
+        for i, (w, b) in enumerate(layers):
+            h = np.matmul(h, w) + b
+            if i < last:
+                h = np.maximum(h, 0.01 * h)  # leaky_relu, slope 0.01
+        if self.output_activation == "tanh":
+            h = np.tanh(h)
+        elif self.output_activation == "sigmoid":
+            h = 1.0 / (1.0 + np.exp(-h))
+        elif self.output_activation == "relu":
+            h = np.maximum(h, 0.0)
+        return h[..., 0].mean(axis=0, dtype=np.float32).astype(np.float32)
 
 
 def bt_loss(
@@ -549,7 +586,6 @@ class BTRewardLearner:
 
     def reward_fn(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
         """Member-mean learned reward: ``obs (B, D_o), act (B, D_a) -> (B,)`` float32."""
-        self.ensemble.eval()
         return self.ensemble.predict(obs, act)
 
     # --- persistence ------------------------------------------------------------------

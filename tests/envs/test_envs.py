@@ -15,6 +15,7 @@ import pytest
 from pbrl import envs
 from pbrl.envs import dmc
 from pbrl.envs.base import PbrlEnv, find_wrapper
+from pbrl.envs.dmc import render_physics
 from pbrl.envs.mujoco import LOCOMOTION
 
 ALL = envs.names("mujoco") + envs.names("dm_control")
@@ -109,7 +110,7 @@ def _live_frame(env: PbrlEnv, twin: gym.Env | None, height: int, width: int) -> 
     ``xpos`` one substep behind ``qpos``, and the frame of ``s_t`` should show ``qpos_t``.
     """
     if twin is None:
-        return np.asarray(env.core.physics.render(height=height, width=width, camera_id=0))
+        return np.asarray(render_physics(env.core.physics, height, width, env.render_quality))
     mujoco.mj_copyData(twin.unwrapped.data, env._model, env._data)
     mujoco.mj_forward(twin.unwrapped.model, twin.unwrapped.data)
     return twin.render()
@@ -118,7 +119,8 @@ def _live_frame(env: PbrlEnv, twin: gym.Env | None, height: int, width: int) -> 
 @pytest.mark.parametrize("name", RENDER)
 def test_render_state_equals_the_live_frame(name: str) -> None:
     h, w = 48, 64
-    env = envs.make_env(name, seed=1)
+    # "full": gymnasium's own look, so its render() is an independent reference
+    env = envs.make_env(name, seed=1, render_quality="full")
     twin = None
     if name in LOCOMOTION:
         gym_id = LOCOMOTION[name][0]
@@ -304,3 +306,37 @@ def test_gym_factors_are_the_envs_reward_terms(name: str) -> None:
         assert set(env.factor_names) == raw_terms[name]
     assert sum(info[k] for k in env.factor_names) == pytest.approx(r, rel=1e-12)
     env.close()
+
+
+@pytest.mark.parametrize("name", ["hopper", "cheetah_run"])
+def test_fast_render_quality_re_renders_the_live_frame(name: str) -> None:
+    """The default "fast" quality (no shadows/reflections/MSAA) keeps the re-render contract."""
+    from pbrl.envs.mujoco import make_renderer
+
+    h, w = 40, 56
+    env = envs.make_env(name, seed=4)
+    assert env.render_quality == "fast"
+    acts = _actions(env, 8, seed=4)
+    for act in acts[:4]:
+        env.step(act)
+    if name in dmc.TASKS:
+        live = np.asarray(render_physics(env.core.physics, h, w, "fast")).copy()
+    else:
+        r = make_renderer(env._model, h, w, "fast")
+        scratch = mujoco.MjData(env._model)
+        mujoco.mj_copyData(scratch, env._model, env._data)
+        mujoco.mj_forward(env._model, scratch)
+        r.update_scene(scratch, camera="track")
+        live = r.render().copy()
+        r.close()
+    stored = env.step(acts[4])[4]["sim_state"].copy()
+    env.step(acts[5])
+    frame = env.render_state(stored, width=w, height=h)
+    assert frame.std() > 5
+    np.testing.assert_array_equal(frame, live)
+    full = envs.make_env(name, seed=4, render_quality="full")
+    assert not np.array_equal(full.render_state(stored, width=w, height=h), frame)
+    with pytest.raises(ValueError, match="render_quality must be one of"):
+        envs.make_env(name, render_quality="ultra")
+    env.close()
+    full.close()

@@ -1,0 +1,207 @@
+"""Env steps per second of every suite: pbrl's wrapper versus the raw env, and render fps.
+
+For each registered env (or ``--envs``), in this one process:
+
+- **single**: ``pbrl.envs.make_env(name)`` (the :class:`~pbrl.envs.base.PbrlEnv`: reward
+  factors, pre-step sim state, episode stats) against ``env.env``, the env it wraps (the
+  suite's own env as a user would build it without pbrl: ``gym.make(id)`` for gymnasium
+  MuJoCo, the gymnasium adapter over dm_control for dm_control), both stepped with the same
+  pre-drawn actions; blocks of ``--block`` steps alternate A B A B ... ``--repeats`` times
+  so machine drift cancels, and the median of the per-pair ratios is reported;
+- **vector**: ``pbrl.envs.make(name, num_envs=N)`` against a gymnasium ``SyncVectorEnv`` of
+  ``N`` raw envs, same alternation;
+- **pixels**: ``obs="pixels"`` (84x84, 3 stacked frames) steps per second;
+- **render**: ``render_state`` frames per second at 84x84 and 256x256 from stored states.
+
+Target (issue 3): wrapper overhead <= 5 % in state mode.
+
+    python benchmarks/env_speed.py --write-results
+    python benchmarks/env_speed.py --envs halfcheetah walker_walk --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from pbrl import envs
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## Env steps per second and render speed (issue 3)"
+
+
+def _actions(space: gym.Space, n: int, seed: int) -> list:
+    space.seed(seed)
+    return [space.sample() for _ in range(n)]
+
+
+def _stepper(env: gym.Env, acts: list) -> Callable[[], float]:
+    """A function that steps ``env`` through ``acts`` (resetting at episode ends); returns s."""
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for a in acts:
+            _, _, term, trunc, _ = env.step(a)
+            if np.any(term) or np.any(trunc):
+                if not isinstance(env, gym.vector.VectorEnv):  # vector envs autoreset
+                    env.reset()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def _alternate(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tuple:
+    """Median seconds of ``a`` and ``b`` and the median of per-pair ratios ``a / b``."""
+    a(), b()  # warm-up
+    ta, tb, ratios = [], [], []
+    for i in range(repeats):
+        if i % 2 == 0:
+            x, y = a(), b()
+        else:
+            y, x = b(), a()
+        ta.append(x)
+        tb.append(y)
+        ratios.append(x / y)
+    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+
+
+def bench_env(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """All measurements for one env."""
+    out: dict[str, float] = {}
+    wrapped = envs.make_env(name, seed=0)
+    raw = _raw(name, 0)
+    acts = _actions(wrapped.action_space, args.block, seed=1)
+    tw, tr, ratio = _alternate(_stepper(wrapped, acts), _stepper(raw, acts), args.repeats)
+    out["single_pbrl"] = args.block / tw
+    out["single_raw"] = args.block / tr
+    out["single_overhead"] = ratio - 1.0
+
+    n = args.num_envs
+    vw = envs.make(name, num_envs=n, seed=0)
+    vr = gym.vector.SyncVectorEnv(
+        [lambda i=i: _raw(name, i) for i in range(n)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
+    vr.reset(seed=list(range(n)))
+    vacts = _actions(vw.action_space, max(1, args.block // n), seed=2)
+    tw, tr, ratio = _alternate(_stepper(vw, vacts), _stepper(vr, vacts), args.repeats)
+    out["vector_pbrl"] = len(vacts) * n / tw
+    out["vector_raw"] = len(vacts) * n / tr
+    out["vector_overhead"] = ratio - 1.0
+    vw.close()
+    vr.close()
+
+    pix = envs.make_env(name, seed=0, obs="pixels", pixel_size=84, frame_stack=3)
+    pacts = acts[: max(1, args.block // 4)]
+    t = min(_stepper(pix, pacts)() for _ in range(2))
+    out["pixels_sps"] = len(pacts) / t
+    pix.close()
+
+    states = []
+    wrapped.reset(seed=0)
+    for a in acts[:50]:
+        _, _, term, trunc, info = wrapped.step(a)
+        states.append(info["sim_state"])
+        if term or trunc:
+            wrapped.reset()
+    for size in (84, 256):
+        wrapped.render_state(states[0], size, size)  # warm-up (renderer context)
+        t0 = time.perf_counter()
+        for s in states:
+            wrapped.render_state(s, size, size)
+        out[f"render_{size}_fps"] = len(states) / (time.perf_counter() - t0)
+    wrapped.close()
+    return out
+
+
+def _raw(name: str, seed: int) -> gym.Env:
+    env = envs.make_env(name, seed=seed).env  # what the PbrlEnv wraps
+    env.reset(seed=seed)
+    return env
+
+
+def write_results(rows: list[tuple[str, str, dict[str, float]]], args: argparse.Namespace) -> None:
+    """Replace this benchmark's section of RESULTS.md."""
+    cmd = "python benchmarks/env_speed.py " + " ".join(sys.argv[1:])
+    lines = [
+        SECTION,
+        "",
+        f"Date: {dt.date.today()}. Machine: {platform.platform()}, CPU only, shared with other "
+        f"jobs. Command: `{cmd}`.",
+        "",
+        "pbrl = `pbrl.envs.make_env(name)` (factors, sim state, episode stats in `info`); raw = "
+        "the env it wraps (`.env`: the suite's own env without the pbrl layer), stepped with "
+        f"the same actions in alternating blocks of {args.block} steps, {args.repeats} pairs; "
+        f"overhead = median per-pair time ratio - 1. Vector: {args.num_envs} envs in a gymnasium "
+        "`SyncVectorEnv`. Pixels: `obs='pixels'`, 84x84, 3 stacked frames. Render: "
+        "`render_state` frames/s from stored states at the default `render_quality='fast'` "
+        "(no shadows/reflections/MSAA; `'full'` is 10-15x slower on CPU). Target: overhead "
+        "<= 5 % (state mode).",
+        "",
+        "| env | suite | single pbrl steps/s | single raw steps/s | overhead | "
+        "vector pbrl steps/s | vector raw steps/s | overhead | pixels steps/s | "
+        "render 84 fps | render 256 fps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, suite, r in rows:
+        lines.append(
+            f"| {name} | {suite} | {r['single_pbrl']:.0f} | {r['single_raw']:.0f} | "
+            f"{100 * r['single_overhead']:+.1f} % | {r['vector_pbrl']:.0f} | "
+            f"{r['vector_raw']:.0f} | {100 * r['vector_overhead']:+.1f} % | "
+            f"{r['pixels_sps']:.0f} | {r['render_84_fps']:.0f} | {r['render_256_fps']:.0f} |"
+        )
+    over = [r["single_overhead"] for _, _, r in rows]
+    met = all(o <= 0.05 for o in over)
+    lines += ["", f"Target met for every env (single, state mode): {'yes' if met else 'no'}.", ""]
+    block = "\n".join(lines)
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + block
+    else:
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + block + ("" if nxt < 0 else text[nxt:])
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    """Run the benchmark over the chosen envs and print a table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--envs", nargs="*", default=None, help="default: every buildable env")
+    p.add_argument("--block", type=int, default=2000, help="steps per timed block")
+    p.add_argument("--repeats", type=int, default=5, help="A/B pairs per measurement")
+    p.add_argument("--num-envs", type=int, default=8)
+    p.add_argument("--write-results", action="store_true")
+    args = p.parse_args()
+    rows = []
+    for name in args.envs or envs.names():
+        try:
+            r = bench_env(name, args)
+        except envs.MissingExtraError as err:
+            print(f"{name}: skipped ({err})", flush=True)
+            continue
+        suite = envs.spec(name).suite
+        rows.append((name, suite, r))
+        print(
+            f"{name:24s} single {r['single_pbrl']:8.0f} vs {r['single_raw']:8.0f} steps/s "
+            f"({100 * r['single_overhead']:+.1f} %) | vector {r['vector_pbrl']:8.0f} vs "
+            f"{r['vector_raw']:8.0f} ({100 * r['vector_overhead']:+.1f} %) | pixels "
+            f"{r['pixels_sps']:6.0f} | render {r['render_84_fps']:6.0f} / "
+            f"{r['render_256_fps']:5.0f} fps",
+            flush=True,
+        )
+    if args.write_results:
+        write_results(rows, args)
+
+
+if __name__ == "__main__":
+    main()
