@@ -53,6 +53,7 @@ from stable_baselines3.common.buffers import ReplayBuffer
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Overhead (PEBBLE vs plain SAC)"
 TARGET = 1.10
+BASELINE_FUSED = False  # set from --baseline-fused
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +119,12 @@ def make_sac(cfg: DictConfig) -> SAC:
         buffer_size=int(cfg.num_train_steps),
         learning_starts=int(a.num_seed_steps),
         batch_size=int(a.batch_size),
-        policy_kwargs={"net_arch": list(a.net_arch)},
+        # SB3's default Adam unless --baseline-fused: then the same fused Adam kernel pbrl
+        # uses (agent.fused_adam), which isolates the cost of PEBBLE's own machinery
+        policy_kwargs={
+            "net_arch": list(a.net_arch),
+            **({"optimizer_kwargs": {"fused": True}} if BASELINE_FUSED else {}),
+        },
         seed=int(cfg.seed),
         device="cpu",
         verbose=0,
@@ -528,6 +534,11 @@ def main() -> None:
     p.add_argument("--max-feedback", type=int, default=None, help="default: every round full")
     p.add_argument("--query", default="uniform", help="query rule (pbrl's default: uniform)")
     p.add_argument(
+        "--baseline-fused",
+        action="store_true",
+        help="plain SAC also uses torch's fused Adam (pbrl's default); off: SB3's default Adam",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -537,6 +548,8 @@ def main() -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
+    global BASELINE_FUSED
+    BASELINE_FUSED = bool(args.baseline_fused)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -589,7 +602,11 @@ def main() -> None:
             f"\n\n{micro_table}\n"
         )
     if args.write_results:
-        write_results(f"### net {args.net} x 2, batch {args.batch}, {args.steps} steps", body)
+        base = "SAC with fused Adam" if args.baseline_fused else "SB3's default SAC"
+        write_results(
+            f"### net {args.net} x 2, batch {args.batch}, {args.steps} steps, baseline {base}",
+            body,
+        )
         print(f"wrote {RESULTS}")
 
 

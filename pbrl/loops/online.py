@@ -83,6 +83,18 @@ def feedback_batch_size(cfg: DictConfig, step: int, used: int) -> int:
     return max(0, min(m, cfg.max_feedback - used))
 
 
+def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` entries for the actor/critic Adam.
+
+    ``agent.fused_adam`` (default true) selects torch's fused Adam kernel: the same update
+    rule, one kernel for all parameters instead of a Python loop over them — the optimiser
+    step is about 5x faster on the CPU (see benchmarks/RESULTS.md, overhead section).
+    """
+    if bool(agent_cfg.get("fused_adam", True)):
+        return {"optimizer_kwargs": {"fused": True}}
+    return {}
+
+
 class PreferenceLoop:
     """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
 
@@ -154,7 +166,18 @@ class PreferenceLoop:
         )
         t = OmegaConf.to_container(cfg.teacher, resolve=True)
         assert isinstance(t, dict)
+        if t.get("name") == "human":
+            # The labelling server reads the run's queries from the store file, renders clips
+            # with this env, and keeps its tokens and clip cache in the run directory.
+            t.update(
+                store=self.run_dir / "feedback.sqlite",
+                state_dir=self.run_dir / "human",
+                env_name=env_name,
+                env_kwargs=env_kwargs,
+            )
         self.teacher = make_teacher(t.pop("name"), seed=seed, **t)
+        if hasattr(self.teacher, "banner"):
+            print(self.teacher.banner(), flush=True)
         self.selector = make_selector(cfg.query.name)
         self.uniform = make_selector("uniform")
         self.store = FeedbackStore(self.run_dir / "feedback.sqlite")
@@ -178,7 +201,7 @@ class PreferenceLoop:
                 batch_size=int(a.batch_size),
                 replay_buffer_class=PbrlReplayBuffer,
                 replay_buffer_kwargs=buffer_kwargs,
-                policy_kwargs={"net_arch": list(a.net_arch)},
+                policy_kwargs={"net_arch": list(a.net_arch), **_optimizer_kwargs(a)},
                 seed=seed,
                 device=self.device,
                 **sb3_kwargs,
@@ -210,7 +233,10 @@ class PreferenceLoop:
                 batch_size=int(a.batch_size),
                 n_epochs=int(a.n_epochs),
                 clip_range=linear_schedule(float(clip)),
-                policy_kwargs={"net_arch": {"pi": list(a.net_arch), "vf": list(a.net_arch)}},
+                policy_kwargs={
+                    "net_arch": {"pi": list(a.net_arch), "vf": list(a.net_arch)},
+                    **_optimizer_kwargs(a),
+                },
                 seed=seed,
                 device=self.device,
                 **sb3_kwargs,
@@ -373,7 +399,21 @@ class PreferenceLoop:
         if hasattr(self.teacher, "set_episode_return") and self.model.ep_info_buffer:
             recent = [ep["r"] for ep in list(self.model.ep_info_buffer)[-10:]]
             self.teacher.set_episode_return(float(np.mean(recent)), self.max_episode_steps)
+        if hasattr(self.teacher, "set_progress"):  # shown on the labelling page
+            self.teacher.set_progress(
+                step=self.step,
+                total_steps=int(cfg.num_train_steps),
+                queries_used=self.queries_used,
+                max_feedback=int(cfg.max_feedback),
+                accuracy=self.last.get("pref/accuracy_heldout"),
+            )
         feedback = self.teacher.label(queries)
+        if hasattr(self.teacher, "summary"):
+            for tag, value in self.teacher.summary().items():
+                self._scalar(f"human/{tag}", value, self.step)
+        # A human teacher's server has already committed these (adding them again is a no-op);
+        # labels that arrive after label() returns (mode=continue) reach training through
+        # store.training_arrays(since=...) below, in this or a later round.
         self.store.add(feedback)
         self.queries_used += len(queries)
         self.round += 1
@@ -616,7 +656,10 @@ class PreferenceLoop:
         return False
 
     def close(self) -> None:
-        """Close the writer, the store and the envs."""
+        """Close the writer, the store and the envs (and stop a human teacher's server)."""
+        teacher_close = getattr(self.teacher, "close", None)
+        if callable(teacher_close):
+            teacher_close()
         self.writer.close()
         self.store.close()
         for env in [*self.train_envs, *self.eval_envs]:

@@ -256,7 +256,6 @@ class RewardEnsemble(nn.Module):
             out[s : s + chunk] = self(x, per_member=False).mean(0).cpu().numpy()
         return out.reshape(lead)
 
-
     def _predict_small(self, o: np.ndarray, a: np.ndarray) -> np.ndarray:
         """:meth:`predict` for a few rows on the CPU, in NumPy on views of the weights.
 
@@ -411,7 +410,8 @@ class BTRewardLearner:
             output_activation,
             generator=self.generator,
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=lr)
+        # fused: the same Adam update in one kernel (B-Pref's Adam; faster step, esp. on CPU)
+        self.optimizer = torch.optim.Adam(self.ensemble.parameters(), lr=lr, fused=True)
         self.total_epochs = 0  # epochs trained over the learner's life (for logs/resume)
 
     # --- training ---------------------------------------------------------------------
