@@ -1,6 +1,8 @@
 # The README's two commands. torch is installed first from its pinned CPU wheel: an unpinned
 # torch would pull a multi-GB CUDA build.
 PY ?= python
+# Optional env suites installed with the tests, so that their tests run in CI.
+SUITES ?= franka
 
 .PHONY: install install-test run test lint
 
@@ -10,7 +12,7 @@ install:
 
 install-test:
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,$(SUITES)]"
 
 run: install
 	$(PY) -m pbrl
