@@ -2,7 +2,7 @@
 # torch would pull a multi-GB CUDA build.
 PY ?= python
 # Optional env suites installed with the tests, so that their tests run in CI.
-SUITES ?= franka
+SUITES ?= franka,xmagical
 
 .PHONY: install install-test run test lint
 
