@@ -46,7 +46,7 @@ class SegmentBatch:
             when the reward has been withheld (see :meth:`without_reward`).
         reward_factors: name -> ``(N, H)`` float32 named reward terms from the env's info.
         sim_state: ``(N, H, D_s)`` float64 simulator state *before* each step (enough to
-            re-render s_t: for MuJoCo, ``mj_getState(mjSTATE_INTEGRATION)``), or ``None``.
+            re-render s_t: for MuJoCo, ``mj_getState(mjSTATE_FULLPHYSICS)``), or ``None``.
         env_id: ``(N,)`` int64 index of the vector-env copy each segment came from.
         start: ``(N,)`` int64 time index of the first step within its episode.
         env_name: registry name of the environment (for re-rendering and bookkeeping).

@@ -1,0 +1,620 @@
+"""Build offline preference datasets the way CPL and OPPO do, in the core's dataset format.
+
+The recipe (CPL, Hejna et al. 2024, ``scripts/create_comparison_dataset.py`` and
+``scripts/add_pref_labels.py``; OPPO, Kang et al. 2023, scripted labels):
+
+1. **Roll out** a sub-optimal policy (an SB3 checkpoint, a SAC oracle trained here on the true
+   reward when asked, or uniform random actions) with Gaussian action noise, in lock-step over
+   several environments (:func:`collect`).
+2. **Cut segments** of ``H`` steps uniformly over all valid windows (:func:`cut_segments`).
+3. **Label** them with one or more label sources (:data:`LABEL_SOURCES`):
+
+   - a scripted B-Pref teacher (``oracle``, ``noisy``, ``mistake``, ``skip``, ``myopic``,
+     ``equal``; :mod:`pbrl.teachers`), pairs only;
+   - ``regret``: CPL's oracle label ``rl_sum = sum_{t<H-1} r_t + V(s_{H-1}) - V(s_0)``, the
+     telescoped advantage sum under an oracle SAC critic, with ``V(s)`` the mean of the
+     critic ensemble's ``Q(s, a)`` over ``value_samples`` actions drawn from the oracle policy;
+   - ``return``: the segment's true return (the rational teacher's score);
+   - ``future_return``: OPPO's scripted score, the true return of the ``foresee`` steps from
+     the segment's first step on (cut at the episode's end).
+
+   Score-based sources give hard labels (0.5 on exact ties), no Bradley-Terry sampling.
+4. **Write** a dataset file through :class:`~pbrl.store.FeedbackStore` and its ``export``:
+
+   - ``mode="pairs"``: ``N`` segments -> ``N/2`` disjoint pairs (segment ``i`` vs
+     ``i + N/2``; CPL's sparse "comparison" data);
+   - ``mode="rank"``: one ranking query over all ``N`` segments per score-based source (CPL's
+     dense data: any two segments can be compared). Strict ranking; exact score ties are
+     broken by segment index.
+
+   Each label source answers as its own teacher (``teacher_id`` = the source's name), so one
+   file can hold several labellings of the same queries; learners pick one with
+   ``teacher_id``. Generation settings go to ``<out>.json`` next to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pbrl import __version__ as PBRL_VERSION
+from pbrl import envs as pbrl_envs
+from pbrl.data import Feedback, Label, QueryBatch, SegmentBatch
+from pbrl.store import FeedbackStore
+from pbrl.teachers import PRESETS, make_teacher
+
+SCORE_SOURCES: tuple[str, ...] = ("regret", "return", "future_return")
+"""Label sources that score each segment (usable for rankings)."""
+
+LABEL_SOURCES: tuple[str, ...] = (*SCORE_SOURCES, *PRESETS)
+"""Every label source :func:`label_dataset` accepts."""
+
+MODES: tuple[str, ...] = ("pairs", "rank")
+
+PolicyFn = Callable[[np.ndarray], np.ndarray]
+"""(obs (B, D_o)) -> actions (B, D_a) in [-1, 1] (scaled action space)."""
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be built as asked; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Roll out
+@dataclass
+class Rollouts:
+    """Episodes of one environment, concatenated along time.
+
+    Attributes:
+        obs: ``(T, D_o)`` float32 observations s_t.
+        actions: ``(T, D_a)`` float32 actions a_t, scaled to [-1, 1].
+        reward: ``(T,)`` float32 true reward r(s_t, a_t).
+        factors: name -> ``(T,)`` float32 reward factors.
+        sim_state: ``(T, D_s)`` float64 simulator state before each step, or None.
+        episode_start: ``(E + 1,)`` int64 offsets: episode ``e`` is rows
+            ``episode_start[e]:episode_start[e + 1]``.
+        env_id: ``(E,)`` int64 env copy each episode ran in.
+        success: ``(E,)`` bool, whether the task's success flag was ever set (False when the
+            task has none).
+        env_name: registry name.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    reward: np.ndarray
+    factors: dict[str, np.ndarray]
+    sim_state: np.ndarray | None
+    episode_start: np.ndarray
+    env_id: np.ndarray
+    success: np.ndarray
+    env_name: str
+
+    @property
+    def num_episodes(self) -> int:
+        """Number of episodes ``E``."""
+        return len(self.episode_start) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``(E,)`` episode lengths."""
+        return np.diff(self.episode_start)
+
+    def episode_returns(self) -> np.ndarray:
+        """``(E,)`` undiscounted true return of each episode."""
+        return np.add.reduceat(self.reward.astype(np.float64), self.episode_start[:-1])
+
+
+def _scale(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    return 2.0 * (action - low) / (high - low) - 1.0
+
+
+def _unscale(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    return low + (action + 1.0) * 0.5 * (high - low)
+
+
+def collect(
+    env_name: str,
+    policy: PolicyFn,
+    num_episodes: int,
+    noise: float = 0.3,
+    num_envs: int = 4,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    keep_sim_state: bool = True,
+) -> Rollouts:
+    """Roll out ``policy`` with Gaussian action noise until ``num_episodes`` episodes end.
+
+    The envs run in lock-step and the policy is called once per step on all of them. Noise is
+    added in the scaled action space and clipped to [-1, 1] (CPL: ``noise=0.3``).
+
+    Args:
+        env_name: a :mod:`pbrl.envs` registry name.
+        policy: batched policy on raw observations, returning scaled actions.
+        num_episodes: episodes to finish (the envs' unfinished episodes are dropped).
+        noise: standard deviation of the Gaussian action noise.
+        num_envs: env copies stepped together (seeded ``seed + i``).
+        seed: seeds the envs and the noise.
+        env_kwargs: passed to :func:`pbrl.envs.make_env` (e.g. ``max_episode_steps``).
+        keep_sim_state: store the simulator states (needed to show clips to people).
+    """
+    if num_episodes < 1:
+        raise DatasetError(f"num_episodes must be >= 1, got {num_episodes}")
+    if noise < 0:
+        raise DatasetError(f"noise must be >= 0, got {noise}")
+    kw = dict(env_kwargs or {})
+    envs = [pbrl_envs.make_env(env_name, seed=seed + i, **kw) for i in range(num_envs)]
+    rng = np.random.default_rng(seed)
+    space = envs[0].action_space
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    names = tuple(envs[0].factor_names)
+    n_reset = num_envs
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    cur: list[dict[str, list]] = [_new_episode() for _ in envs]
+    done_eps: list[tuple[int, dict[str, list]]] = []
+    try:
+        while len(done_eps) < num_episodes:
+            act = np.asarray(policy(obs), np.float64).reshape(num_envs, -1)
+            if noise > 0:
+                act = act + noise * rng.standard_normal(act.shape)
+            act = np.clip(act, -1.0, 1.0)
+            for i, env in enumerate(envs):
+                o, r, term, trunc, info = env.step(_unscale(act[i], low, high).astype(space.dtype))
+                ep = cur[i]
+                ep["obs"].append(obs[i].copy())
+                ep["actions"].append(act[i].astype(np.float32))
+                ep["reward"].append(float(r))
+                ep["factors"].append([float(info["reward_factors"][k]) for k in names])
+                if keep_sim_state:
+                    ep["sim_state"].append(np.asarray(info["sim_state"], np.float64))
+                ep["success"] = ep["success"] or bool(info.get("success", False))
+                if term or trunc:
+                    done_eps.append((i, ep))
+                    cur[i] = _new_episode()
+                    o, _ = env.reset(seed=seed + n_reset)
+                    n_reset += 1
+                obs[i] = o
+    finally:
+        for env in envs:
+            env.close()
+    done_eps = done_eps[:num_episodes]
+    lengths = np.array([len(ep["reward"]) for _, ep in done_eps], np.int64)
+    factors = np.concatenate([np.asarray(ep["factors"], np.float32) for _, ep in done_eps])
+    return Rollouts(
+        obs=np.concatenate([np.asarray(ep["obs"], np.float32) for _, ep in done_eps]),
+        actions=np.concatenate([np.asarray(ep["actions"], np.float32) for _, ep in done_eps]),
+        reward=np.concatenate([np.asarray(ep["reward"], np.float32) for _, ep in done_eps]),
+        factors={k: factors[:, j].copy() for j, k in enumerate(names)},
+        sim_state=np.concatenate([np.asarray(ep["sim_state"]) for _, ep in done_eps])
+        if keep_sim_state
+        else None,
+        episode_start=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        env_id=np.array([i for i, _ in done_eps], np.int64),
+        success=np.array([ep["success"] for _, ep in done_eps], bool),
+        env_name=env_name,
+    )
+
+
+def _new_episode() -> dict[str, Any]:
+    return {
+        "obs": [],
+        "actions": [],
+        "reward": [],
+        "factors": [],
+        "sim_state": [],
+        "success": False,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Policies to roll out
+def load_sb3(path: str | Path, device: str = "cpu") -> Any:
+    """Load a stable-baselines3 SAC (or, failing that, PPO) checkpoint ``.zip``."""
+    from stable_baselines3 import PPO, SAC
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(
+            f"policy checkpoint {path} does not exist; pass an SB3 .zip saved with model.save(), "
+            "'sac-oracle' (with oracle_steps > 0) or 'random'"
+        )
+    errors = []
+    for cls in (SAC, PPO):
+        try:
+            return cls.load(path, device=device)
+        except Exception as e:  # noqa: BLE001 - try the next algorithm, report both below
+            errors.append(f"{cls.__name__}: {e}")
+    raise DatasetError(f"{path} is neither an SB3 SAC nor a PPO checkpoint ({'; '.join(errors)})")
+
+
+def sb3_policy(model: Any) -> PolicyFn:
+    """Deterministic batched policy of an SB3 model, returning scaled actions."""
+    space = model.action_space
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        a = model.predict(obs, deterministic=True)[0]
+        return np.clip(_scale(np.asarray(a, np.float64), low, high), -1.0, 1.0)
+
+    return act
+
+
+def random_policy(act_dim: int, seed: int) -> PolicyFn:
+    """Uniform random actions in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.uniform(-1.0, 1.0, size=(len(obs), act_dim))
+
+
+def train_sac_oracle(
+    env_name: str,
+    steps: int,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    sac_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """Train an SB3 SAC oracle on the env's true reward (CPL's ``configs/oracle/sac.yaml``).
+
+    Defaults follow the paper's oracle: lr 3e-4, tau 0.005, initial temperature 0.1, three
+    hidden layers of 256, two critics, batch 512 (``sac_kwargs`` overrides them).
+    """
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    if steps < 1:
+        raise DatasetError(
+            f"policy='sac-oracle' trains a SAC oracle here and needs oracle_steps >= 1, got "
+            f"{steps}; or pass the path of a trained SB3 checkpoint as policy"
+        )
+    kw = dict(env_kwargs or {})
+    venv = DummyVecEnv([lambda: pbrl_envs.make_env(env_name, seed=seed, **kw)])
+    args: dict[str, Any] = {
+        "learning_rate": 3e-4,
+        "tau": 0.005,
+        "ent_coef": "auto_0.1",
+        "batch_size": 512,
+        "learning_starts": min(5000, max(1, steps // 10)),
+        "policy_kwargs": {"net_arch": [256, 256, 256], "n_critics": 2},
+    }
+    args.update(sac_kwargs or {})
+    model = SAC("MlpPolicy", venv, seed=seed, device=device, verbose=0, **args)
+    model.learn(total_timesteps=int(steps), progress_bar=False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Cut segments
+def cut_segments(
+    ro: Rollouts, n: int, horizon: int, rng: np.random.Generator
+) -> tuple[SegmentBatch, np.ndarray]:
+    """Draw ``n`` segments of ``horizon`` steps uniformly over all valid windows.
+
+    A window is valid when it lies inside one episode. Draws are with replacement (CPL
+    samples its segments from a replay buffer by timestep).
+
+    Returns:
+        The segments (true reward, factors and sim state included; ``start`` is the time index
+        in the episode, ``env_id`` the env copy) and ``(n,)`` int64 global row of each
+        segment's first step in ``ro``.
+    """
+    if horizon < 1:
+        raise DatasetError(f"segment_size must be >= 1, got {horizon}")
+    windows = np.maximum(ro.lengths - horizon + 1, 0)
+    total = int(windows.sum())
+    if total == 0:
+        raise DatasetError(
+            f"no episode is at least segment_size={horizon} steps long (longest: "
+            f"{int(ro.lengths.max())}); collect longer episodes or shorten segment_size"
+        )
+    pick = rng.integers(total, size=n)
+    cum = np.cumsum(windows)
+    ep = np.searchsorted(cum, pick, side="right")
+    t0 = pick - (cum[ep] - windows[ep])
+    rows = ro.episode_start[ep] + t0  # (n,)
+    idx = rows[:, None] + np.arange(horizon)  # (n, H)
+    seg = SegmentBatch(
+        obs=ro.obs[idx],
+        actions=ro.actions[idx],
+        true_reward=ro.reward[idx],
+        reward_factors={k: v[idx] for k, v in ro.factors.items()},
+        sim_state=None if ro.sim_state is None else ro.sim_state[idx],
+        env_id=ro.env_id[ep],
+        start=t0.astype(np.int64),
+        env_name=ro.env_name,
+    )
+    return seg, rows.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Scores
+@torch.no_grad()
+def critic_values(model: Any, obs: np.ndarray, samples: int = 64, batch: int = 4096) -> np.ndarray:
+    """``V(s) = mean_{a ~ pi(s)} mean_e Q_e(s, a)`` of an SB3 SAC model, ``(N,)`` for ``(N, D_o)``.
+
+    As in CPL's ``add_pref_labels.py``: ``samples`` actions per state from the oracle policy,
+    the critic ensemble averaged (not minimised).
+    """
+    if not hasattr(model, "critic"):
+        raise DatasetError(
+            "regret labels need a SAC oracle with a critic; the given checkpoint has none "
+            "(PPO?). Pass critic=<SB3 SAC .zip> or policy=sac-oracle"
+        )
+    policy = model.policy
+    policy.set_training_mode(False)
+    out = np.empty(len(obs), np.float64)
+    step = max(1, batch // samples)
+    for s in range(0, len(obs), step):
+        o = torch.as_tensor(obs[s : s + step], dtype=torch.float32, device=model.device)
+        rep = o.repeat_interleave(samples, dim=0)
+        a = policy.actor(rep, deterministic=False)
+        q = torch.cat(policy.critic(rep, a), dim=1).mean(dim=1)  # (B * M,)
+        out[s : s + len(o)] = q.view(len(o), samples).mean(dim=1).double().cpu().numpy()
+    return out
+
+
+def regret_scores(
+    seg: SegmentBatch, model: Any, samples: int = 64, batch: int = 4096
+) -> np.ndarray:
+    """CPL's ``rl_sum``: ``sum_{t<H-1} r_t + V(s_{H-1}) - V(s_0)`` per segment, ``(N,)``."""
+    assert seg.true_reward is not None
+    ends = np.concatenate([seg.obs[:, 0], seg.obs[:, -1]])
+    v = critic_values(model, ends, samples, batch)
+    n = len(seg)
+    return seg.true_reward[:, :-1].astype(np.float64).sum(axis=1) + v[n:] - v[:n]
+
+
+def future_return_scores(ro: Rollouts, rows: np.ndarray, foresee: int = 200) -> np.ndarray:
+    """OPPO's scripted score: ``sum r[start : start + foresee]`` within the episode, ``(N,)``."""
+    if foresee < 1:
+        raise DatasetError(f"foresee must be >= 1, got {foresee}")
+    csum = np.concatenate([[0.0], np.cumsum(ro.reward.astype(np.float64))])
+    ep = np.searchsorted(ro.episode_start, rows, side="right") - 1
+    end = np.minimum(rows + foresee, ro.episode_start[ep + 1])
+    return csum[end] - csum[rows]
+
+
+def score_labels(score_first: np.ndarray, score_second: np.ndarray) -> np.ndarray:
+    """Hard labels from scores: ``Label.SECOND`` when the second scores higher, EQUAL on ties."""
+    return np.where(
+        score_second > score_first,
+        int(Label.SECOND),
+        np.where(score_second < score_first, int(Label.FIRST), int(Label.EQUAL)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Label and write
+def label_dataset(
+    seg: SegmentBatch,
+    sources: Sequence[str],
+    scores: dict[str, np.ndarray],
+    mode: str = "pairs",
+    seed: int = 0,
+    teacher_kwargs: dict[str, Any] | None = None,
+) -> tuple[QueryBatch, list[Feedback]]:
+    """Queries and labels of every source, ready for a :class:`~pbrl.store.FeedbackStore`.
+
+    Args:
+        seg: ``N`` segments (with the true reward, for scripted teachers).
+        sources: label sources (:data:`LABEL_SOURCES`); each answers as its own teacher.
+        scores: ``(N,)`` per-segment score of every score-based source in ``sources``.
+        mode: ``"pairs"`` (``N // 2`` disjoint pairs ``i`` vs ``i + N // 2``) or ``"rank"`` (one
+            ranking of all ``N`` segments, score-based sources only).
+        seed: seed of the scripted teachers.
+        teacher_kwargs: extra :class:`~pbrl.teachers.ScriptedTeacher` arguments.
+    """
+    if mode not in MODES:
+        raise DatasetError(f"unknown mode {mode!r}; valid: {list(MODES)}")
+    if not sources:
+        raise DatasetError(f"give at least one label source; valid: {list(LABEL_SOURCES)}")
+    bad = [s for s in sources if s not in LABEL_SOURCES]
+    if bad:
+        raise DatasetError(f"unknown label source(s) {bad}; valid: {list(LABEL_SOURCES)}")
+    if len(set(sources)) != len(sources):
+        raise DatasetError(f"label sources repeat: {list(sources)}")
+    now = time.time()
+    if mode == "rank":
+        scripted = [s for s in sources if s not in SCORE_SOURCES]
+        if scripted:
+            raise DatasetError(
+                f"mode=rank needs per-segment scores, but {scripted} are pairwise B-Pref "
+                f"teachers; use sources from {list(SCORE_SOURCES)} or mode=pairs"
+            )
+        if len(seg) < 2:
+            raise DatasetError("mode=rank needs at least 2 segments")
+        qb = QueryBatch(segments=seg, k=len(seg), kind="ranking", selector="uniform")
+        fbs = []
+        for src in sources:
+            # Best first; a stable sort of -score breaks exact ties by segment index.
+            order = np.argsort(-scores[src], kind="stable")
+            fbs.append(
+                Feedback(qb.ids[0], Label.FIRST, src, ranking=tuple(order.tolist()), timestamp=now)
+            )
+        return qb, fbs
+    m = len(seg) // 2
+    if m < 1:
+        raise DatasetError("mode=pairs needs at least 2 segments")
+    qb = QueryBatch.from_members([seg[np.arange(m)], seg[np.arange(m, 2 * m)]])
+    fbs = []
+    for src in sources:
+        if src in SCORE_SOURCES:
+            s = scores[src]
+            labels = score_labels(s[:m], s[m : 2 * m])
+            fbs += [
+                Feedback(qid, Label(int(lab)), src, timestamp=now)
+                for qid, lab in zip(qb.ids, labels, strict=True)
+            ]
+        else:
+            teacher = make_teacher(src, seed=seed, **dict(teacher_kwargs or {}))
+            fbs += teacher.label(qb)
+    return qb, fbs
+
+
+def write_dataset(
+    path: str | Path, qb: QueryBatch, feedback: Sequence[Feedback], meta: dict[str, Any]
+) -> int:
+    """Write queries and labels to the dataset file ``path`` (and ``meta`` to ``<path>.json``).
+
+    Goes through a temporary :class:`~pbrl.store.FeedbackStore` and its ``export``, so the file
+    is exactly the core's format (``docs/dataset_format.md``). Returns the rows written.
+    """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, FeedbackStore(Path(tmp) / "s.sqlite") as store:
+        store.add_queries(qb)
+        store.add(list(feedback))
+        rows = store.export(path)
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str))
+    return rows
+
+
+@dataclass
+class MakeResult:
+    """What :func:`make_dataset` wrote and measured."""
+
+    path: Path
+    rows: int
+    segments: int
+    episodes: int
+    mean_episode_return: float
+    success_rate: float
+    label_counts: dict[str, dict[str, int]]
+
+
+def make_dataset(
+    env: str,
+    out: str | Path,
+    policy: str = "random",
+    labels: Sequence[str] = ("regret",),
+    mode: str = "pairs",
+    episodes: int = 100,
+    segments: int = 1000,
+    segment_size: int = 64,
+    noise: float = 0.3,
+    num_envs: int = 4,
+    seed: int = 0,
+    critic: str | None = None,
+    oracle_steps: int = 0,
+    value_samples: int = 64,
+    foresee: int = 200,
+    keep_sim_state: bool = True,
+    env_kwargs: dict[str, Any] | None = None,
+    teacher_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> MakeResult:
+    """Roll out, cut, label and write one dataset (what ``pbrl-dataset make`` runs).
+
+    Args:
+        env: registry name of the environment.
+        out: dataset file to write (``.npz``).
+        policy: ``"random"``, ``"sac-oracle"`` (trains SB3 SAC on the true reward for
+            ``oracle_steps`` steps first, saved next to ``out``), or the path of an SB3 ``.zip``.
+        labels: label sources (:data:`LABEL_SOURCES`).
+        mode: ``"pairs"`` or ``"rank"`` (see the module docstring).
+        episodes: rollout episodes (CPL: 2500).
+        segments: segments to cut (CPL: 2500 dense, 20000 sparse).
+        segment_size: ``H`` (CPL 64; OPPO's windows: 20).
+        noise: Gaussian action noise std (CPL 0.3).
+        num_envs: env copies stepped in lock-step.
+        seed: seeds envs, noise, segment draws and scripted teachers.
+        critic: SB3 SAC ``.zip`` whose critic scores ``regret`` labels (default: the rollout
+            policy when it is a SAC).
+        oracle_steps: SAC training steps for ``policy="sac-oracle"``.
+        value_samples: actions per state for ``V(s)`` in ``regret`` labels (CPL 64).
+        foresee: look-ahead of ``future_return`` labels (OPPO 200).
+        keep_sim_state: keep simulator states (lets people re-watch and label the segments).
+        env_kwargs: :func:`pbrl.envs.make_env` arguments.
+        teacher_kwargs: extra scripted-teacher arguments.
+        device: torch device of the SB3 models.
+        log: progress printer.
+    """
+    t0 = time.perf_counter()
+    probe = pbrl_envs.make_env(env, seed=seed, **dict(env_kwargs or {}))
+    act_dim = int(np.prod(probe.action_space.shape))
+    probe.close()
+    out = Path(out)
+    model = None
+    if policy == "random":
+        fn = random_policy(act_dim, seed + 7)
+    elif policy == "sac-oracle":
+        log(f"training a SAC oracle on {env}'s true reward for {oracle_steps:,} steps")
+        model = train_sac_oracle(env, oracle_steps, seed, env_kwargs, device)
+        oracle_path = out.with_name(out.stem + "_oracle.zip")
+        model.save(oracle_path)
+        log(f"oracle saved to {oracle_path}")
+        fn = sb3_policy(model)
+    else:
+        model = load_sb3(policy, device)
+        fn = sb3_policy(model)
+    critic_model = load_sb3(critic, device) if critic else model
+    if "regret" in labels and (critic_model is None or not hasattr(critic_model, "critic")):
+        raise DatasetError(
+            "regret labels need an oracle SAC critic: pass critic=<SB3 SAC .zip>, or "
+            "policy=<SAC .zip> / policy=sac-oracle"
+        )
+
+    ro = collect(env, fn, episodes, noise, num_envs, seed, env_kwargs, keep_sim_state)
+    rets = ro.episode_returns()
+    log(
+        f"collected {ro.num_episodes} episodes, {len(ro.reward):,} steps, mean return "
+        f"{rets.mean():.2f}, success {ro.success.mean():.2f}"
+    )
+    rng = np.random.default_rng(seed + 1)
+    seg, rows = cut_segments(ro, segments, segment_size, rng)
+    scores: dict[str, np.ndarray] = {}
+    if "regret" in labels:
+        scores["regret"] = regret_scores(seg, critic_model, value_samples)
+    if "return" in labels:
+        scores["return"] = seg.true_reward.astype(np.float64).sum(axis=1)  # type: ignore[union-attr]
+    if "future_return" in labels:
+        scores["future_return"] = future_return_scores(ro, rows, foresee)
+    qb, fbs = label_dataset(seg, labels, scores, mode, seed, teacher_kwargs)
+    counts: dict[str, dict[str, int]] = {}
+    for f in fbs:
+        c = counts.setdefault(f.teacher_id, {})
+        c[f.label.name.lower()] = c.get(f.label.name.lower(), 0) + 1
+    meta = {
+        "pbrl_version": PBRL_VERSION,
+        "env": env,
+        "env_kwargs": dict(env_kwargs or {}),
+        "policy": policy,
+        "critic": critic,
+        "oracle_steps": oracle_steps,
+        "labels": list(labels),
+        "mode": mode,
+        "episodes": ro.num_episodes,
+        "steps": int(len(ro.reward)),
+        "segments": segments,
+        "segment_size": segment_size,
+        "noise": noise,
+        "seed": seed,
+        "value_samples": value_samples,
+        "foresee": foresee,
+        "mean_episode_return": float(rets.mean()),
+        "success_rate": float(ro.success.mean()),
+        "label_counts": counts,
+        "created": time.time(),
+    }
+    n_rows = write_dataset(out, qb, fbs, meta)
+    path = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    log(f"wrote {path} ({n_rows} rows, {len(seg)} segments) in {time.perf_counter() - t0:.1f}s")
+    return MakeResult(
+        path=path,
+        rows=n_rows,
+        segments=len(seg),
+        episodes=ro.num_episodes,
+        mean_episode_return=float(rets.mean()),
+        success_rate=float(ro.success.mean()) if math.isfinite(ro.success.mean()) else 0.0,
+        label_counts=counts,
+    )
