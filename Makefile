@@ -2,7 +2,7 @@
 # torch would pull a multi-GB CUDA build.
 PY ?= python
 # Optional env suites installed with the tests, so that their tests run in CI.
-SUITES ?= franka,xmagical
+SUITES ?= franka,xmagical,metaworld,crafter
 
 .PHONY: install install-test run test lint
 
@@ -13,6 +13,7 @@ install:
 install-test:
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[test,$(SUITES)]"
+	$(PY) -m pip install --no-deps "metaworld>=3.1.1,<3.2"  # it pins mujoco==3.3.0; see pyproject
 
 run: install
 	$(PY) -m pbrl

@@ -36,11 +36,23 @@ class UnknownEnvError(KeyError):
 class MissingExtraError(ImportError):
     """An optional suite's dependency is not installed; the message names the extra."""
 
-    def __init__(self, suite: str, extra: str, package: str):
-        super().__init__(
-            f"the {suite} suite needs {package}, which is not installed; install it with "
-            f"`pip install 'pbrl[{extra}]'`"
-        )
+    def __init__(self, suite: str, extra: str | None, package: str, how: str = ""):
+        """Name what to install.
+
+        Args:
+            suite: the suite's display name.
+            extra: the pbrl extra to install, or ``None`` when the package has none.
+            package: the missing Python package.
+            how: further install steps (appended).
+        """
+        head = f"the {suite} suite needs {package}, which is not installed; "
+        if extra is not None:
+            head += f"install it with `pip install 'pbrl[{extra}]'`" + (
+                f", then {how}" if how else ""
+            )
+        else:
+            head += how or f"install {package}"
+        super().__init__(head)
 
 
 @dataclass(frozen=True)
