@@ -47,6 +47,7 @@ from pbrl.buffer import PbrlReplayBuffer
 from pbrl.data import QueryBatch, SegmentBatch
 from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
+from pbrl.rewards import make_reward_learner
 from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
 from pbrl.store import FeedbackStore
 from pbrl.teachers import make_teacher
@@ -149,6 +150,14 @@ class PreferenceLoop:
         self.learner = (
             None
             if self.true_reward
+            else make_reward_learner(  # regret / heron: BTRewardLearner subclasses
+                OmegaConf.to_container(r, resolve=True),
+                self.obs_dim,
+                self.act_dim,
+                device=self.device,
+                seed=seed,
+            )
+            if r.name in ("regret", "heron")
             else BTRewardLearner(
                 self.obs_dim,
                 self.act_dim,

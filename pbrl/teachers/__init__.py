@@ -42,23 +42,51 @@ class UnknownTeacherError(KeyError):
         return str(self.args[0])
 
 
-def make_teacher(name: str | Mapping[str, Any], **overrides: Any) -> ScriptedTeacher:
-    """Build a named B-Pref teacher.
+OTHER_TEACHERS: tuple[str, ...] = ("human", "regret", "heron")
+"""Teachers beyond the B-Pref presets (built by their own modules)."""
+
+
+def make_teacher(name: str | Mapping[str, Any], **overrides: Any) -> Teacher:
+    """Build a named teacher: a B-Pref preset, or one of :data:`OTHER_TEACHERS`.
+
+    ``"human"`` is people on the labelling page, ``"regret"`` the regret preference model,
+    ``"heron"`` hierarchical comparisons of reward factors.
 
     Args:
-        name: a key of :data:`PRESETS`, or a mapping with key ``"name"`` and optional
-            :class:`ScriptedTeacher` arguments (e.g. a ``teacher/`` config group).
+        name: a key of :data:`PRESETS`, one of :data:`OTHER_TEACHERS`, or a mapping with key
+            ``"name"`` and optional teacher arguments (e.g. a ``teacher/`` config group).
         **overrides: :class:`ScriptedTeacher` arguments that replace the preset's values
-            (``seed``, ``soft``, ``threshold``, ...). ``teacher_id`` defaults to the name.
+            (``seed``, ``soft``, ``threshold``, ...), or :class:`~pbrl.teachers.human.
+            HumanTeacher` arguments for ``"human"`` (``store`` is required there).
+            ``teacher_id`` defaults to the name.
     """
     if isinstance(name, Mapping):
         cfg = dict(name)
         if "name" not in cfg:
-            raise ValueError(f"a teacher config needs a 'name' key (one of {sorted(PRESETS)})")
+            names = sorted([*PRESETS, *OTHER_TEACHERS])
+            raise ValueError(f"a teacher config needs a 'name' key (one of {names})")
         name = str(cfg.pop("name"))
         overrides = {**cfg, **overrides}
+    if name == "human":
+        from pbrl.teachers.human import HumanTeacher  # lazy: the web stack is an extra
+
+        if "store" not in overrides:
+            raise ValueError(
+                "teacher 'human' needs store=<path of the run's feedback store> (the training "
+                "loop passes it; elsewhere call make_teacher('human', store=...))"
+            )
+        return HumanTeacher(**{"teacher_id": name, **overrides})
+    if name == "regret":  # regret preference model over an oracle critic (teachers/regret.py)
+        from pbrl.teachers.regret import make_regret_teacher
+
+        return make_regret_teacher(**{"teacher_id": name, **overrides})
+    if name == "heron":  # hierarchical factor comparisons (teachers/heron.py)
+        from pbrl.teachers.heron import HeronTeacher
+
+        return HeronTeacher(**{"teacher_id": name, **overrides})
     if name not in PRESETS:
-        raise UnknownTeacherError(f"unknown teacher {name!r}; valid: {sorted(PRESETS)}")
+        valid_names = sorted([*PRESETS, *OTHER_TEACHERS])
+        raise UnknownTeacherError(f"unknown teacher {name!r}; valid: {valid_names}")
     valid = set(inspect.signature(ScriptedTeacher).parameters)
     bad = sorted(set(overrides) - valid)
     if bad:
