@@ -1,8 +1,9 @@
 # The README's two commands. torch is installed first from its pinned CPU wheel: an unpinned
 # torch would pull a multi-GB CUDA build.
 PY ?= python
-# Optional env suites installed with the tests, so that their tests run in CI.
-SUITES ?= franka,xmagical,metaworld,crafter
+# Optional extras installed with the tests (env suites, the labelling server), so that their
+# tests run in CI. Browser tests also need Chromium: .ci/install-browser.sh (apt; optional).
+SUITES ?= franka,xmagical,metaworld,crafter,human
 
 .PHONY: install install-test run test lint
 
