@@ -1,0 +1,1 @@
+"""Hydra configs of ``pbrl-front`` (a package so Hydra can find them)."""
