@@ -1,6 +1,6 @@
 """Entry points ``pbrl-offline`` (train a reward-free learner) and ``pbrl-dataset make``.
 
-``pbrl-offline dataset=<file> agent=cpl|cpl_bc|cpl_kl|sft|oppo [key=value ...]`` composes
+``pbrl-offline dataset=<file> agent=cpl|cpl_bc|cpl_kl|sft|piql|oppo [key=value ...]`` composes
 ``pbrl/configs/offline/offline.yaml``; the run directory gets TensorBoard events, the resolved
 config, ``checkpoint/`` and ``final_metrics.json``. It resumes like ``pbrl-train``:
 ``pbrl-offline <run dir>`` or ``... resume=true``.
@@ -38,8 +38,9 @@ from pbrl.offline.data import BatchSampler, DatasetFormatError, PairBatch, load_
 from pbrl.offline.dataset import DatasetError
 from pbrl.offline.evaluate import evaluate_offline
 from pbrl.offline.oppo import OPPOAgent, OPPOConfig
+from pbrl.offline.piql import PIQLAgent, PIQLConfig
 
-ALGOS: tuple[str, ...] = ("cpl", "oppo")
+ALGOS: tuple[str, ...] = ("cpl", "piql", "oppo")
 
 
 def _fields(cls: type, cfg: DictConfig) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def _fields(cls: type, cfg: DictConfig) -> dict[str, Any]:
 
 
 class OfflineRun:
-    """One offline training run (CPL family or OPPO) writing into ``run_dir``.
+    """One offline training run (CPL family, P-IQL or OPPO) writing into ``run_dir``.
 
     The loop: sample a batch from the dataset tensors, update, and every so often log,
     measure held-out preference accuracy, evaluate the policy on the environment and
@@ -78,7 +79,8 @@ class OfflineRun:
         # --- data ---------------------------------------------------------------------------
         data = load_preferences(cfg.dataset, cfg.get("teacher_id"), self.device)
         self.data, heldout = data.split(float(cfg.heldout), seed)
-        self.sampler = BatchSampler(self.data, str(a.mode), seed)
+        sub = a.get("segment_length") if a.algo != "oppo" else None
+        self.sampler = BatchSampler(self.data, str(a.mode), seed, sub)
         self.heldout_batch: PairBatch | None = None
         if heldout is not None:
             mode = "comparison" if heldout.kind == "pair" else "rank"
@@ -106,12 +108,17 @@ class OfflineRun:
             )
 
         # --- agent ----------------------------------------------------------------------------
-        self.agent: CPLAgent | OPPOAgent
+        self.agent: CPLAgent | PIQLAgent | OPPOAgent
         try:
             if a.algo == "cpl":
                 self.agent = CPLAgent(
                     obs_dim, act_dim, CPLConfig(**_fields(CPLConfig, a)), self.device, seed
                 )
+            elif a.algo == "piql":
+                if str(a.mode) == "score":
+                    raise RunError("P-IQL learns its reward from pairs: use agent.mode=rank")
+                pcfg = PIQLConfig(**{**_fields(PIQLConfig, a), "total_steps": int(cfg.num_steps)})
+                self.agent = PIQLAgent(obs_dim, act_dim, pcfg, self.data, self.device, seed)
             else:
                 if str(a.mode) != "comparison":
                     raise RunError("OPPO trains on pair rows: use agent.mode=comparison")
@@ -143,8 +150,10 @@ class OfflineRun:
         if not path.exists():
             OmegaConf.save(cfg, path, resolve=True)
         self._t0, self._s0 = time.perf_counter(), self.step
+        wants = getattr(self.agent, "wants_batch", lambda step: True)
         while self.step < total:
-            stats = self.agent.update(self.sampler.sample(bs), self.step)
+            batch = self.sampler.sample(bs) if wants(self.step) else None
+            stats = self.agent.update(batch, self.step)  # type: ignore[arg-type]
             self.step += 1
             if self.step >= self.next_log:
                 for k, v in stats.items():
@@ -314,7 +323,7 @@ def _offline(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """``pbrl-offline``: train CPL / CPL-BC / CPL-KL / SFT / OPPO from a preference dataset."""
+    """``pbrl-offline``: train CPL / CPL-BC / CPL-KL / SFT / P-IQL / OPPO from a dataset file."""
     try:
         argv = prepare_argv(sys.argv[1:])
     except ResumeError as err:

@@ -247,15 +247,33 @@ class BatchSampler:
     The first index of every batch walks through epoch-wise random permutations (as CPL's
     feedback buffer does); its state is a torch generator, saved with :meth:`state_dict`.
 
+    Sub-segments (``segment_length``, CPL's ``FeedbackBuffer(segment_length=...)``): when set
+    to ``L < H``, every batch keeps only ``L`` consecutive steps of its segments, starting at
+    one offset drawn uniformly from ``0..H-L`` for all first segments and another for all
+    second segments (score batches: one offset). The reference draws the offset from
+    ``0..H-L-1`` (``np.random.randint``'s exclusive end, so the last window is never used and
+    ``L = H`` fails) and, in score mode, slices observations and actions with different
+    offsets; here the range is inclusive and a segment's steps stay aligned. ``None`` (the
+    paper's configs) and ``L = H`` use whole segments and leave the generator's stream unchanged.
+
     Args:
         data: the dataset.
         mode: ``comparison`` (pair data), ``rank`` or ``score`` (ranking data).
         seed: seed of the sampler's generator.
+        segment_length: sub-segment length ``L`` (``1 <= L <= H``) or None for whole segments.
     """
 
-    def __init__(self, data: PreferenceData, mode: str, seed: int = 0) -> None:
+    def __init__(
+        self, data: PreferenceData, mode: str, seed: int = 0, segment_length: int | None = None
+    ) -> None:
         if mode not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling mode {mode!r}; valid: {list(SAMPLING_MODES)}")
+        if segment_length is not None and not 1 <= int(segment_length) <= data.horizon:
+            raise DatasetFormatError(
+                f"segment_length={segment_length} must lie in [1, {data.horizon}] (the dataset's "
+                "segment length H); use null for whole segments"
+            )
+        self.segment_length = None if segment_length is None else int(segment_length)
         need = "pair" if mode == "comparison" else "ranking"
         if data.kind != need:
             hint = (
@@ -291,15 +309,31 @@ class BatchSampler:
             out.append(take)
         return torch.cat(out).to(self.data.device)
 
+    def _offset(self) -> int:
+        """A sub-segment's first step (0 when whole segments are used)."""
+        if self.segment_length is None or self.segment_length == self.data.horizon:
+            return 0
+        span = self.data.horizon - self.segment_length + 1
+        return int(torch.randint(0, span, (1,), generator=self.gen).item())
+
+    def _cut(self, t: torch.Tensor, off: int) -> torch.Tensor:
+        """Steps ``off .. off + L`` of ``t (N, H, ...)`` (a view; whole when L is None)."""
+        if self.segment_length is None:
+            return t
+        return t[:, off : off + self.segment_length]
+
     def sample(self, batch_size: int) -> PairBatch | ScoreBatch:
         """One batch of ``batch_size`` pairs (comparison / rank) or segments (score)."""
         d = self.data
         if self.mode == "comparison":
             i = self._next(batch_size)
             assert d.target is not None
+            o1, o2 = self._offset(), self._offset()
+            obs1, obs2 = self._cut(d.obs[:, 0], o1), self._cut(d.obs[:, 1], o2)
+            act1, act2 = self._cut(d.actions[:, 0], o1), self._cut(d.actions[:, 1], o2)
             return PairBatch(
-                d.obs[i, 0], d.obs[i, 1], d.actions[i, 0], d.actions[i, 1], d.target[i],
-                d.start[i, 0], d.start[i, 1],
+                obs1[i], obs2[i], act1[i], act2[i], d.target[i], d.start[i, 0] + o1,
+                d.start[i, 1] + o2,
             )  # fmt: skip
         assert d.rank is not None and d.group is not None
         if self.mode == "rank":
@@ -311,14 +345,20 @@ class BatchSampler:
             )
             # Lower rank = better; the second segment is preferred when it ranks higher.
             label = (d.rank[j] < d.rank[i]).float() + 0.5 * (d.rank[j] == d.rank[i]).float()
+            o1, o2 = self._offset(), self._offset()
             return PairBatch(
-                d.obs[i], d.obs[j], d.actions[i], d.actions[j], label, d.start[i], d.start[j]
-            )
+                self._cut(d.obs, o1)[i], self._cut(d.obs, o2)[j], self._cut(d.actions, o1)[i],
+                self._cut(d.actions, o2)[j], label, d.start[i] + o1, d.start[j] + o2,
+            )  # fmt: skip
         # score: a batch of segments from one row (comparable with each other).
         g = int(d.group[self._next(1)].item())
         first, size = int(self._group_first[g]), int(self._group_size[g])
         idx = first + torch.randperm(size, generator=self.gen)[: min(batch_size, size)].to(d.device)
-        return ScoreBatch(d.obs[idx], d.actions[idx], -d.rank[idx].float(), d.start[idx])
+        o = self._offset()
+        return ScoreBatch(
+            self._cut(d.obs, o)[idx], self._cut(d.actions, o)[idx], -d.rank[idx].float(),
+            d.start[idx] + o,
+        )  # fmt: skip
 
     def state_dict(self) -> dict[str, object]:
         """Generator state and position in the current permutation."""

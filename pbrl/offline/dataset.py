@@ -253,6 +253,41 @@ def random_policy(act_dim: int, seed: int) -> PolicyFn:
     return lambda obs: rng.uniform(-1.0, 1.0, size=(len(obs), act_dim))
 
 
+def scripted_policy(env_name: str) -> PolicyFn:
+    """Meta-World's hand-written expert for a ``mw_*`` task (``metaworld.policies``).
+
+    ``mw_drawer_open`` -> ``SawyerDrawerOpenV3Policy``; it reads the raw 39-dim observation
+    that pbrl's Meta-World envs return and answers actions in [-1, 1]. With action noise it
+    is a sub-optimal oracle that needs no training (a stand-in for CPL's SAC oracle when none
+    can be trained; it has no critic, so ``regret`` labels are not available with it).
+    """
+    from pbrl.envs.metaworld import TASKS
+
+    if env_name not in TASKS:
+        raise DatasetError(
+            f"policy=scripted exists for the Meta-World tasks {sorted(TASKS)}, not {env_name!r}; "
+            "use policy=random, sac-oracle or an SB3 .zip"
+        )
+    try:
+        import metaworld.policies as mw_policies
+    except ImportError as err:
+        raise DatasetError(
+            f"policy=scripted needs the Meta-World package ({err}); install it as "
+            "docs/envs_metaworld.md describes"
+        ) from err
+
+    stem = "".join(w.capitalize() for w in TASKS[env_name].env_id.removesuffix("-v3").split("-"))
+    cls = getattr(mw_policies, f"Sawyer{stem}V3Policy", None)
+    if cls is None:
+        raise DatasetError(f"metaworld.policies has no scripted policy Sawyer{stem}V3Policy")
+    expert = cls()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return np.stack([np.clip(expert.get_action(o), -1.0, 1.0) for o in np.asarray(obs)])
+
+    return act
+
+
 def train_sac_oracle(
     env_name: str,
     steps: int,
@@ -518,8 +553,9 @@ def make_dataset(
     Args:
         env: registry name of the environment.
         out: dataset file to write (``.npz``).
-        policy: ``"random"``, ``"sac-oracle"`` (trains SB3 SAC on the true reward for
-            ``oracle_steps`` steps first, saved next to ``out``), or the path of an SB3 ``.zip``.
+        policy: ``"random"``, ``"scripted"`` (Meta-World's hand-written expert, ``mw_*`` tasks),
+            ``"sac-oracle"`` (trains SB3 SAC on the true reward for ``oracle_steps`` steps
+            first, saved next to ``out``), or the path of an SB3 ``.zip``.
         labels: label sources (:data:`LABEL_SOURCES`).
         mode: ``"pairs"`` or ``"rank"`` (see the module docstring).
         episodes: rollout episodes (CPL: 2500).
@@ -547,6 +583,8 @@ def make_dataset(
     model = None
     if policy == "random":
         fn = random_policy(act_dim, seed + 7)
+    elif policy == "scripted":
+        fn = scripted_policy(env)
     elif policy == "sac-oracle":
         log(f"training a SAC oracle on {env}'s true reward for {oracle_steps:,} steps")
         model = train_sac_oracle(env, oracle_steps, seed, env_kwargs, device)

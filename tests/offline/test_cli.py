@@ -73,12 +73,20 @@ def _check_run(run_dir: Path) -> None:
 def test_offline_fast_runs_of_every_agent_write_events_and_resume(datasets: Path) -> None:
     sweep = datasets / "sweep"
     res = cli("main", ["--multirun", f"dataset={datasets / 'rank.npz'}", "teacher_id=return",
-                       "agent=cpl,sft", "experiment=fast", f"hydra.sweep.dir={sweep}"],
-              datasets)  # fmt: skip
+                       "agent=cpl,sft,piql", "agent.segment_length=6", "experiment=fast",
+                       f"hydra.sweep.dir={sweep}"], datasets)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert "steps/s" in res.stdout
     _check_run(sweep / "0-cpl-s0")
     _check_run(sweep / "1-sft-s0")
+    _check_run(sweep / "2-piql-s0")
+    acc = EventAccumulator(str(sweep / "2-piql-s0"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    # reward phase (steps 1-20) then IQL: both phases logged
+    assert {"losses/reward_loss", "losses/q_loss", "losses/v_loss", "train/awr_weight"} <= tags
+    assert [e.step for e in acc.Scalars("losses/reward_loss")] == [20]
+    assert [e.step for e in acc.Scalars("losses/q_loss")] == [40, 60]
     oppo = datasets / "oppo"
     res = cli("main", [f"dataset={datasets / 'pairs.npz'}", "agent=oppo", "experiment=fast",
                        f"hydra.run.dir={oppo}"], datasets)  # fmt: skip

@@ -18,6 +18,7 @@ from pbrl.offline.dataset import (
     make_dataset,
     regret_scores,
     score_labels,
+    scripted_policy,
 )
 from pbrl.store import FeedbackStore
 
@@ -63,6 +64,54 @@ def test_score_mode_batches_one_row_and_comparison_needs_pairs() -> None:
     assert torch.equal(b.score, -d.rank[idx].float())
     with pytest.raises(DatasetFormatError, match="needs pair rows"):
         BatchSampler(d, "comparison")
+
+
+def _timed(n: int = 10, h: int = 8) -> PreferenceData:
+    """Segments whose observation is (segment, step) and action the step, ranked by index."""
+    seg = torch.arange(n, dtype=torch.float32)[:, None].expand(n, h)
+    step = torch.arange(h, dtype=torch.float32)[None].expand(n, h)
+    return PreferenceData(
+        kind="ranking", obs=torch.stack([seg, step], -1), actions=step[..., None].clone(),
+        start=torch.arange(n) * 100, target=None, rank=torch.arange(n),
+        group=torch.zeros(n, dtype=torch.long), env_name="x", teacher_id="t",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["rank", "comparison", "score"])
+def test_sub_segments_are_aligned_windows_covering_every_offset(mode: str) -> None:
+    d = _timed()
+    if mode == "comparison":  # pair rows: segment i against segment i + 5
+        d = PreferenceData(
+            kind="pair", obs=torch.stack([d.obs[:5], d.obs[5:]], 1),
+            actions=torch.stack([d.actions[:5], d.actions[5:]], 1),
+            start=torch.stack([d.start[:5], d.start[5:]], 1), target=torch.ones(5), rank=None,
+            group=None, env_name="x", teacher_id="t",
+        )  # fmt: skip
+    s = BatchSampler(d, mode, seed=0, segment_length=3)
+    offsets: set[int] = set()
+    for _ in range(60):
+        b = s.sample(4)
+        sides = [(b.obs, b.act, b.start)] if mode == "score" else [
+            (b.obs1, b.act1, b.start1), (b.obs2, b.act2, b.start2)]  # fmt: skip
+        for obs, act, start in sides:
+            assert obs.shape[1] == 3 and act.shape[1] == 3
+            off = obs[:, 0, 1]
+            assert (off == off[0]).all()  # one offset per side of a batch
+            assert torch.equal(obs[..., 1], off[:, None] + torch.arange(3.0))  # consecutive
+            assert torch.equal(act[..., 0], obs[..., 1])  # actions aligned with observations
+            assert torch.equal(start, obs[:, 0, 0].long() * 100 + off.long())
+            offsets.add(int(off[0]))
+    assert offsets == set(range(8 - 3 + 1))  # 0..H-L inclusive
+    with pytest.raises(DatasetFormatError, match="segment_length=9"):
+        BatchSampler(d, mode, segment_length=9)
+
+
+def test_whole_length_sub_segments_leave_the_stream_unchanged() -> None:
+    d = _timed()
+    a, b = BatchSampler(d, "rank", seed=4), BatchSampler(d, "rank", seed=4, segment_length=8)
+    for _ in range(5):
+        x, y = a.sample(3), b.sample(3)
+        assert torch.equal(x.obs1, y.obs1) and torch.equal(x.obs2, y.obs2)
 
 
 def test_future_return_and_score_labels() -> None:
@@ -144,3 +193,18 @@ def test_made_dataset_is_the_core_format_with_correct_labels(hopper_set: Path) -
     assert d.actions.abs().max() <= 1 - 1e-5
     with pytest.raises(DatasetFormatError, match="3 teachers"):
         load_preferences(path)
+
+
+def test_scripted_meta_world_expert_beats_random_and_is_refused_elsewhere(tmp_path: Path) -> None:
+    pytest.importorskip("metaworld")
+    with pytest.raises(DatasetError, match="policy=scripted exists for the Meta-World tasks"):
+        scripted_policy("hopper")
+    kw = {"max_episode_steps": 60}
+    runs = {
+        p: make_dataset("mw_drawer_open", tmp_path / f"{p}.npz", policy=p, labels=["return"],
+                        mode="rank", episodes=2, segments=8, segment_size=16, noise=0.1,
+                        num_envs=2, env_kwargs=kw, keep_sim_state=False, log=lambda s: None)
+        for p in ("scripted", "random")
+    }  # fmt: skip
+    # the expert reaches and pulls the handle within 60 steps; random actions do not
+    assert runs["scripted"].mean_episode_return > 2 * runs["random"].mean_episode_return

@@ -1,0 +1,239 @@
+"""OPPO vs BC vs P-IQL on a hopper preference dataset made by ``pbrl-dataset make`` (OPPO
+paper: D4RL hopper-medium-replay; D4RL is not available, so the data are ours), at a scale a
+CPU allows.
+
+1. ``pbrl-dataset make env=hopper policy=<random | sac-oracle oracle_steps=N | SB3 .zip>
+   mode=pairs labels=[future_return] foresee=200 segment_size=20 ...``: the behaviour policy
+   rolled out with action noise (``--policy sac-oracle --oracle-steps N`` trains a SAC first,
+   a "medium-replay"-grade policy for small ``N``; the default ``random`` needs no training),
+   20-step segments, pairs labelled by OPPO's scripted score (the true return of the 200
+   steps from the segment's start).
+2. ``pbrl-offline dataset=<file> agent=oppo|sft|piql agent.mode=comparison seed=<s> ...``
+   (BC = ``agent=sft agent.bc_data=all``: behaviour cloning on every segment), run in this
+   process through the CLI's code path (:func:`pbrl.offline.cli.run`).
+3. D4RL-normalised return ``100 (R - R_random) / (R_expert - R_random)`` with D4RL's hopper
+   reference returns (random -20.272305, expert 3234.3), mean ± std over seeds; and for OPPO,
+   the cosine similarity between ``z*`` and the mean encoding of the top-decile and of the
+   bottom-decile segments (by true segment return; the method notes' check).
+
+    python benchmarks/offline_oppo.py --write-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from offline_common import command, fmt, machine, replace_section, run_offline
+
+from pbrl.offline.dataset import make_dataset
+
+SECTION = "## Offline OPPO vs BC vs P-IQL: hopper preference dataset (issue 7)"
+D4RL_HOPPER = (-20.272305, 3234.3)  # D4RL REF_MIN_SCORE / REF_MAX_SCORE for hopper
+# The method notes have no verified table values; the paper's claims are relative.
+PAPER = {
+    "oppo": "on par with DT on true return-to-go, above BC",
+    "sft": "below OPPO",
+    "piql": "below OPPO (OPPO beats offline RL on learned rewards)",
+}
+
+
+def normalise(ret: float) -> float:
+    lo, hi = D4RL_HOPPER
+    return 100.0 * (ret - lo) / (hi - lo)
+
+
+def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
+    """The budget overrides of one agent at the benchmark's scale."""
+    common = [f"agent={agent}", "agent.mode=comparison", f"agent.batch_size={args.batch}",
+              f"agent.lr={args.lr}"]  # fmt: skip
+    h = f"[{args.hidden},{args.hidden}]"
+    if agent == "oppo":
+        return [*common, f"agent.embed={args.embed}", f"agent.enc_hidden={args.embed}",
+                f"agent.inner={4 * args.embed}", f"agent.enc_inner={4 * args.embed}",
+                f"agent.warmup_steps={args.warmup}"]  # fmt: skip
+    if agent == "sft":  # BC on every segment
+        return [*common, "agent.bc_data=all", f"agent.hidden={h}"]
+    return [*common, f"agent.hidden={h}", f"agent.reward_hidden={h}",
+            f"agent.reward_steps={args.reward_steps}",
+            f"agent.transition_batch={args.transition_batch}"]  # fmt: skip
+
+
+def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> dict[str, float]:
+    """cos(z*, mean z) of the top- and bottom-decile segments by true segment return."""
+    from hydra import compose, initialize_config_module
+
+    from pbrl.offline.cli import OfflineRun
+
+    with initialize_config_module("pbrl.configs.offline", version_base="1.3"):
+        cfg = compose("offline", [f"dataset={dataset}", "teacher_id=future_return",
+                                  "eval.episodes=1", *agent_overrides("oppo", args)])  # fmt: skip
+    loop = OfflineRun(cfg, run_dir / "probe")
+    try:
+        state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
+        agent = loop.agent
+        agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
+        with np.load(dataset, allow_pickle=False) as z:
+            mine = (z["teacher_id"] == "future_return") & (z["label"] >= 0)
+            obs = z["obs"][mine].reshape(-1, *z["obs"].shape[2:])
+            act = z["actions"][mine].reshape(-1, *z["actions"].shape[2:])
+            ret = z["true_reward"][mine].reshape(-1, z["true_reward"].shape[-1]).sum(-1)
+        k = agent.cfg.window  # type: ignore[union-attr]
+        enc = agent.encode(  # type: ignore[union-attr]
+            torch.as_tensor(obs[:, :k], dtype=torch.float32),
+            torch.as_tensor(np.clip(act[:, :k], -1 + 1e-5, 1 - 1e-5), dtype=torch.float32),
+        )
+        zs = agent.z_star.detach()  # type: ignore[union-attr]
+        hi, lo = np.quantile(ret, 0.9), np.quantile(ret, 0.1)
+        cos = torch.nn.functional.cosine_similarity
+        top = enc[torch.as_tensor(ret >= hi)].mean(0)
+        bottom = enc[torch.as_tensor(ret <= lo)].mean(0)
+        return {"top": float(cos(zs, top, dim=0)), "bottom": float(cos(zs, bottom, dim=0))}
+    finally:
+        loop.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--policy", default="random", help="random | sac-oracle | <SB3 .zip>")
+    p.add_argument("--oracle-steps", type=int, default=0, help="SAC steps for sac-oracle")
+    p.add_argument("--episodes", type=int, default=400)
+    p.add_argument("--segments", type=int, default=2000)
+    p.add_argument("--noise", type=float, default=0.3)
+    p.add_argument("--agents", nargs="+", default=["oppo", "sft", "piql"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--warmup", type=int, default=40)
+    p.add_argument("--reward-steps", type=int, default=150)
+    p.add_argument("--lr", type=float, default=1e-3, help="all agents (OPPO/BC 1e-4, P-IQL 3e-4)")
+    p.add_argument("--embed", type=int, default=64, help="OPPO transformer width (paper 128)")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32, help="pairs per step (OPPO paper 64)")
+    p.add_argument("--transition-batch", type=int, default=256)
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
+    p.add_argument("--write-results", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(args.out or tempfile.mkdtemp(prefix="offline_oppo_"))
+    work.mkdir(parents=True, exist_ok=True)
+    ds = work / "hopper.npz"
+    make_cmd = (
+        f"pbrl-dataset make env=hopper policy={args.policy} oracle_steps={args.oracle_steps} "
+        f"mode=pairs labels=[future_return] foresee=200 segment_size=20 episodes={args.episodes} "
+        f"segments={args.segments} noise={args.noise} keep_sim_state=false out={ds}"
+    )
+    t0 = time.perf_counter()
+    made = make_dataset("hopper", ds, policy=args.policy, oracle_steps=args.oracle_steps,
+                        labels=["future_return"], mode="pairs", foresee=200, segment_size=20,
+                        episodes=args.episodes, segments=args.segments, noise=args.noise,
+                        num_envs=4, keep_sim_state=False)  # fmt: skip
+    t_data = time.perf_counter() - t0
+    base = [f"dataset={ds}", "teacher_id=future_return", f"num_steps={args.steps}",
+            f"eval.every={args.steps + 1}", f"eval.episodes={args.eval_episodes}",
+            f"log.every={max(1, args.steps // 4)}", "checkpoint.every=0", "log.progress=none",
+            "heldout=0.05"]  # fmt: skip
+    results: dict[str, list[dict[str, float]]] = {a: [] for a in args.agents}
+    walls: dict[str, list[float]] = {a: [] for a in args.agents}
+    cosines: list[dict[str, float]] = []
+    for seed in args.seeds:
+        for agent in args.agents:
+            run_dir = work / f"{agent}-s{seed}"
+            t0 = time.perf_counter()
+            final = run_offline([*base, *agent_overrides(agent, args), f"seed={seed}"], run_dir)
+            walls[agent].append(time.perf_counter() - t0)
+            results[agent].append(final)
+            msg = ""
+            if agent == "oppo":
+                cosines.append(z_star_cosines(run_dir, ds, args))
+                msg = f" cos(z*, top) {cosines[-1]['top']:.2f} bottom {cosines[-1]['bottom']:.2f}"
+            print(f"{agent} seed {seed}: return {final['eval/true_return']:.1f} (normalised "
+                  f"{normalise(final['eval/true_return']):.1f}){msg} ({walls[agent][-1]:.0f}s)",
+                  flush=True)  # fmt: skip
+    (work / "results.json").write_text(json.dumps({"results": results, "cos": cosines}, indent=2))
+    if args.write_results:
+        write(args, make_cmd, made, t_data, results, walls, cosines)
+
+
+def write(args, make_cmd, made, t_data, results, walls, cosines) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+    names = {"oppo": "OPPO", "sft": "BC", "piql": "P-IQL"}
+    lines = [
+        SECTION,
+        "",
+        f"Date: {dt.date.today()}. Machine: {machine()}; {args.threads} torch thread(s). "
+        f"Command: `{command()}`.",
+        "",
+        f"Dataset ({t_data:.0f} s): `{make_cmd}` -> {made.episodes} "
+        f"episodes (mean return {made.mean_episode_return:.0f}, D4RL-normalised "
+        f"{normalise(made.mean_episode_return):.1f}), {made.segments} segments x 20 steps in "
+        f"{made.segments // 2} pairs. These are our rollouts on gymnasium Hopper-v5, not D4RL's "
+        "hopper-medium-replay (not available here), so the numbers are not comparable with the "
+        "paper's table.",
+        "",
+        "Training: `pbrl-offline dataset=<file> teacher_id=future_return seed=<s> num_steps="
+        f"{args.steps} eval.episodes={args.eval_episodes}` plus, per agent:",
+        "",
+    ]
+    for a in results:
+        lines.append(f"- {names.get(a, a)}: `{' '.join(agent_overrides(a, args))}`")
+    lines += [
+        "",
+        f"| agent | normalised return (mean ± std, {len(args.seeds)} seeds) | per seed | "
+        "true return | wall s / run | paper (hopper-medium-replay) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, finals in results.items():
+        rets = [f["eval/true_return"] for f in finals]
+        norm = [normalise(r) for r in rets]
+        per = ", ".join(f"{v:.1f}" for v in norm)
+        wall = sum(walls[a]) / len(walls[a])
+        lines.append(f"| {names.get(a, a)} | {fmt(norm)} | {per} | {fmt(rets)} | {wall:.0f} | "
+                     f"{PAPER.get(a, '-')} |")  # fmt: skip
+    if cosines:
+        top = [c["top"] for c in cosines]
+        bot = [c["bottom"] for c in cosines]
+        closer = sum(t > b for t, b in zip(top, bot, strict=True))
+        lines += [
+            "",
+            f"z* against the dataset's segment encodings (first 20 steps): cosine similarity to "
+            f"the mean encoding of the top decile by true segment return {fmt(top, 1.0, 2)}, of "
+            f"the bottom decile {fmt(bot, 1.0, 2)} (mean ± std over seeds); z* is closer to the "
+            f"top decile in {closer} of {len(cosines)} seeds (the issue's check).",
+        ]
+    why = (
+        " (a SAC behaviour policy, as in medium-replay, did not fit the CPU budget: SB3 SAC ran "
+        "at a few steps/s on this shared machine)"
+        if args.policy == "random"
+        else ""
+    )
+    lines += [
+        "",
+        "Paper: the method notes carry no verified table values for OPPO, only its relative "
+        "claims (OPPO on par with Decision Transformer trained on true return-to-go and clearly "
+        "above BC on D4RL hopper-medium-replay; above offline RL on learned rewards), which the "
+        "paper column quotes.",
+        "",
+        "Scale note: the method notes' smallest honest run is 1e5 gradient steps, batch 64 "
+        "pairs, K = 20, embed 128, 3 seeds on D4RL hopper-medium-replay (about 400k "
+        f"transitions); here {args.steps} steps, batch {args.batch} pairs, embed {args.embed}, "
+        f"warm-up {args.warmup}, learning rate {args.lr} for every agent, on {made.segments} "
+        f"segments from {made.episodes} episodes of "
+        f"the `{args.policy}` policy{why}; BC and P-IQL use {args.hidden} x 2 networks "
+        f"(P-IQL: {args.reward_steps} reward steps, then IQL with {args.transition_batch} "
+        f"transitions per step); {args.eval_episodes} evaluation episodes. A pipeline check, "
+        "not a reproduction.",
+        "",
+    ]
+    replace_section(SECTION, "\n".join(lines))
+    print("wrote", SECTION)
+
+
+if __name__ == "__main__":
+    main()
