@@ -1,0 +1,207 @@
+"""The ICPL loop end to end with a scripted chat server on loopback (fixed answers).
+
+The CLI runs in a subprocess (``experiment=fast``) against the server; the test then checks
+that the ranked best and worst programs, with their component traces and the history
+summary, reach the next round's prompt, that a broken program was rejected and replaced, and
+that rerunning the same directory pays for no LLM call and retrains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from pbrl.icpl.loop import run
+
+from .chat_server import ChatServer, completion
+
+REPO = Path(__file__).resolve().parents[2]
+
+FORWARD = """Here is my reward.
+```python
+import torch
+
+def compute_reward(obs, action, next_obs):
+    speed_temperature = 1.0
+    forward = next_obs[:, 8] * speed_temperature
+    ctrl = -0.1 * torch.sum(action ** 2, dim=-1)
+    return forward + ctrl, {"forward": forward, "ctrl": ctrl}
+```"""
+BACKWARD = """```python
+import numpy as np
+
+def compute_reward(obs, action, next_obs):
+    backward = -next_obs[:, 8]
+    upright = np.cos(next_obs[:, 1])
+    return backward + 0.1 * upright, {"backward": backward, "upright": upright}
+```"""
+FORBIDDEN = """```python
+import os
+def compute_reward(obs, action, next_obs):
+    os.system("curl example.com")
+    return obs[:, 0], {}
+```"""
+NAN = """```python
+def compute_reward(obs, action, next_obs):
+    return obs[:, 0] / 0.0 * 0.0, {"bad": obs[:, 0]}
+```"""
+SUMMARY = "The new best rewards forward velocity instead of penalising it."
+
+
+def script(body: dict, index: int):  # noqa: ANN201
+    system = body["messages"][0]["content"]
+    if "You compare two reward functions" in system:
+        return completion(SUMMARY)
+    user = body["messages"][-1]["content"]
+    first_round = "judged BEST" not in user
+    # round 0: a forbidden program, then two runnable ones; later rounds: NaN first
+    answers = [FORBIDDEN, FORWARD, BACKWARD] if first_round else [NAN, BACKWARD, FORWARD]
+    n_prev = sum(
+        1
+        for r in script.requests[:index]  # type: ignore[attr-defined]
+        if r["messages"][-1]["content"] == user
+    )
+    return completion(answers[min(n_prev, len(answers) - 1)])
+
+
+@pytest.fixture
+def server():  # noqa: ANN201
+    with ChatServer(script) as srv:
+        script.requests = srv.requests  # type: ignore[attr-defined]
+        yield srv
+
+
+def _cli(srv: ChatServer, run_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbrl.icpl.cli",
+            "experiment=fast",
+            f"llm.base_url={srv.base_url}",
+            "llm.model=scripted",
+            "llm.api_key_env=null",
+            "llm.backoff=0.01",
+            "llm.concurrency=1",
+            f"hydra.run.dir={run_dir}",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _cli(server, run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    r0 = json.loads((run_dir / "rounds/r0/round.json").read_text())
+    statuses = [c["status"] for c in r0["candidates"]]
+    assert statuses == ["rejected", "trained", "trained"]
+    assert r0["candidates"][0]["reason"] == "forbidden"
+    best, worst = r0["candidates"][r0["best"]], r0["candidates"][r0["worst"]]
+    assert r0["best"] != r0["worst"]
+    assert best["task_score_final"] >= worst["task_score_final"]  # the proxy's order
+    assert set(best["trace"]) >= {"total", "episode_length"}
+    assert len(best["trace"]["total"]) == 2  # 256 steps / (2 envs x 64) rollouts
+
+    # The second round's prompt: [system, first user, feedback user] with both programs,
+    # their traces, the failure reason and the tips.
+    msgs = json.loads((run_dir / "rounds/r1/messages.json").read_text())
+    assert [m["role"] for m in msgs] == ["system", "user", "user"]
+    fb = msgs[2]["content"]
+    best_pos, worst_pos = fb.index("judged BEST"), fb.index("judged WORST")
+    assert best["source"].strip() in fb[best_pos:worst_pos]
+    assert worst["source"].strip() in fb[worst_pos:]
+    for name in best["components"]:
+        assert f"\n{name}: [" in fb[best_pos:worst_pos]
+    assert "episode_length: [" in fb
+    assert "program 0: forbidden" in fb and "Analyse the components" in fb
+    assert "obs[:, 8]: qvel[rootx]" in msgs[1]["content"]  # the generated env context
+    # round 1: the NaN program is rejected on the probe batch; the summary reaches history
+    r1 = json.loads((run_dir / "rounds/r1/round.json").read_text())
+    assert r1["candidates"][0]["reason"] == "nonfinite"
+    assert r1["summary"] == SUMMARY
+    assert (run_dir / "rounds/r1/c0.npz").exists()
+    clip = np.load(run_dir / "rounds/r0/c0.npz")
+    assert clip["sim_state"].shape[0] == 20 and clip["obs"].shape == (20, 17)
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["trained"] for r in summary["rounds"]] == [2, 2]
+    assert summary["best_program"] in (
+        FORWARD.split("```python\n")[1].split("```")[0],
+        BACKWARD.split("```python\n")[1].split("```")[0],
+    )
+    events = list(run_dir.glob("events.out.tfevents.*"))
+    assert events, "no TensorBoard file"
+    n_requests = len(server.requests)
+    assert n_requests == 3 + 3 + 1  # 3 samples per round, 1 summary call
+
+    # Resume: an interrupted last round (its record and one training removed) replays from
+    # the answer cache and retrains only the missing candidate.
+    (run_dir / "rounds/r1/round.json").unlink()
+    (run_dir / "rounds/r1/c1.json").unlink()
+    kept = (run_dir / "rounds/r1/c0.json").read_text()
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg.llm.base_url = server.base_url
+    again = run(cfg, run_dir)
+    assert len(server.requests) == n_requests  # every answer came from the cache
+    assert (run_dir / "rounds/r1/c0.json").read_text() == kept
+    assert (run_dir / "rounds/r1/c1.json").exists()
+    assert [r["trained"] for r in again["rounds"]] == [2, 2]
+
+
+def test_cli_reports_a_missing_model(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pbrl.icpl.cli", "experiment=fast", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "llm.model" in proc.stderr
+
+
+@pytest.mark.llm
+@pytest.mark.timeout(1800)
+def test_loop_with_the_bundled_local_model(tmp_path: Path) -> None:
+    """The whole loop on SmolLM2-135M: whatever it writes is checked, contained, reported."""
+    pytest.importorskip("llama_cpp", reason="llm=local needs llama-cpp-python (pbrl[icpl])")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbrl.icpl.cli",
+            "experiment=fast",
+            "llm=local",
+            "llm.max_tokens=256",
+            "llm.n_ctx=4096",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1700,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        rnd = json.loads((tmp_path / f"rounds/r{r}/round.json").read_text())
+        assert 2 <= len(rnd["candidates"]) <= 4
+        for c in rnd["candidates"]:
+            assert c["status"] in ("rejected", "trained", "failed")
+            if c["status"] != "trained":
+                assert c["reason"] and c["error"]  # every failure names its reason
+    assert len(list((tmp_path / "llm_cache").glob("*/*.json"))) >= 4
