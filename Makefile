@@ -3,7 +3,7 @@
 PY ?= python
 # Optional extras installed with the tests (env suites, the labelling server), so that their
 # tests run in CI. Browser tests also need Chromium: .ci/install-browser.sh (apt; optional).
-SUITES ?= franka,xmagical,metaworld,crafter,human,morl
+SUITES ?= franka,xmagical,metaworld,crafter,human,morl,gpu
 
 .PHONY: install install-test run test lint
 

@@ -123,7 +123,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             f"{run_dir} already holds a run; pass resume=true to continue it or choose another "
             "hydra.run.dir"
         )
-    loop = PreferenceLoop(cfg, run_dir)
+    if cfg.agent.get("algo") == "gpu_ppo":  # PrefPPO on the device (pbrl/gpu, docs/gpu.md)
+        from pbrl.gpu.loop import GpuPreferenceLoop
+
+        loop = GpuPreferenceLoop(cfg, run_dir)
+    else:
+        loop = PreferenceLoop(cfg, run_dir)
     try:
         if cfg.resume and not loop.try_resume():
             print(
