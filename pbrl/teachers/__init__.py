@@ -42,7 +42,7 @@ class UnknownTeacherError(KeyError):
         return str(self.args[0])
 
 
-OTHER_TEACHERS: tuple[str, ...] = ("human", "regret", "heron")
+OTHER_TEACHERS: tuple[str, ...] = ("human", "regret", "heron", "visual", "similarity")
 """Teachers beyond the B-Pref presets (built by their own modules)."""
 
 
@@ -50,7 +50,8 @@ def make_teacher(name: str | Mapping[str, Any], **overrides: Any) -> Teacher:
     """Build a named teacher: a B-Pref preset, or one of :data:`OTHER_TEACHERS`.
 
     ``"human"`` is people on the labelling page, ``"regret"`` the regret preference model,
-    ``"heron"`` hierarchical comparisons of reward factors.
+    ``"heron"`` hierarchical comparisons of reward factors, ``"visual"`` RAPL's simulated
+    end-user (a hidden visual criterion), ``"similarity"`` QDHF's triplet judge.
 
     Args:
         name: a key of :data:`PRESETS`, one of :data:`OTHER_TEACHERS`, or a mapping with key
@@ -84,6 +85,14 @@ def make_teacher(name: str | Mapping[str, Any], **overrides: Any) -> Teacher:
         from pbrl.teachers.heron import HeronTeacher
 
         return HeronTeacher(**{"teacher_id": name, **overrides})
+    if name == "visual":  # RAPL's simulated end-user: a hidden visual criterion
+        from pbrl.teachers.visual import VisualCriterionTeacher
+
+        return VisualCriterionTeacher(**{"teacher_id": name, **overrides})
+    if name == "similarity":  # QDHF's triplet judge over a hidden descriptor
+        from pbrl.teachers.similarity import SimilarityTeacher
+
+        return SimilarityTeacher(**{"teacher_id": name, **overrides})
     if name not in PRESETS:
         valid_names = sorted([*PRESETS, *OTHER_TEACHERS])
         raise UnknownTeacherError(f"unknown teacher {name!r}; valid: {valid_names}")

@@ -340,3 +340,36 @@ def test_fast_render_quality_re_renders_the_live_frame(name: str) -> None:
         envs.make_env(name, render_quality="ultra")
     env.close()
     full.close()
+
+
+def _assert_same_infos(x: dict, y: dict, path: str = "") -> None:
+    assert set(x) == set(y), (path, set(x) ^ set(y))
+    for k in x:
+        if isinstance(x[k], dict):
+            _assert_same_infos(x[k], y[k], f"{path}/{k}")
+        elif x[k].dtype == object:
+            for u, v in zip(x[k], y[k], strict=True):
+                assert (u is None and v is None) or np.array_equal(np.asarray(u), np.asarray(v))
+        else:
+            assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), (path, k)
+
+
+def test_pbrl_vector_env_merges_infos_exactly_like_gymnasium() -> None:
+    from pbrl.envs.vector import PbrlSyncVectorEnv
+
+    fns = [lambda i=i: envs.make_env("hopper", seed=i, max_episode_steps=30) for i in range(3)]
+    ours, ref = PbrlSyncVectorEnv(fns), gym.vector.SyncVectorEnv(fns)
+    assert isinstance(envs.make("hopper", num_envs=2), PbrlSyncVectorEnv)
+    o1, i1 = ours.reset(seed=5)
+    o2, i2 = ref.reset(seed=5)
+    _assert_same_infos(i1, i2)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(70):  # past two episode ends (30 steps) in every column
+        a = rng.uniform(-1, 1, size=ours.action_space.shape)
+        r1, r2 = ours.step(a), ref.step(a)
+        for u, v in zip(r1[:4], r2[:4], strict=True):
+            assert np.array_equal(u, v)
+        _assert_same_infos(r1[4], r2[4])
+        ends += int(np.any(r1[3]))
+    assert ends >= 2

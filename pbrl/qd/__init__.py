@@ -1,0 +1,20 @@
+"""Quality diversity through human feedback (QDHF): MAP-Elites on learned descriptors."""
+
+from pbrl.qd.archive import GridArchive
+from pbrl.qd.arm import ArmDomain
+from pbrl.qd.projection import LinearProjection, fit_pca, fit_projection, triplet_hinge_loss
+from pbrl.qd.qdhf import METHODS, QDConfig, QDHFRun, default_teacher, triplet_query
+
+__all__ = [
+    "METHODS",
+    "ArmDomain",
+    "GridArchive",
+    "LinearProjection",
+    "QDConfig",
+    "QDHFRun",
+    "default_teacher",
+    "fit_pca",
+    "fit_projection",
+    "triplet_hinge_loss",
+    "triplet_query",
+]
