@@ -354,11 +354,16 @@ def _assert_same_infos(x: dict, y: dict, path: str = "") -> None:
             assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), (path, k)
 
 
-def test_pbrl_vector_env_merges_infos_exactly_like_gymnasium() -> None:
+@pytest.mark.parametrize("mode", ["NEXT_STEP", "SAME_STEP"])
+def test_pbrl_vector_env_merges_infos_exactly_like_gymnasium(mode: str) -> None:
+    from gymnasium.vector import AutoresetMode
+
     from pbrl.envs.vector import PbrlSyncVectorEnv
 
     fns = [lambda i=i: envs.make_env("hopper", seed=i, max_episode_steps=30) for i in range(3)]
-    ours, ref = PbrlSyncVectorEnv(fns), gym.vector.SyncVectorEnv(fns)
+    am = AutoresetMode[mode]
+    ours = PbrlSyncVectorEnv(fns, autoreset_mode=am)
+    ref = gym.vector.SyncVectorEnv(fns, autoreset_mode=am)
     assert isinstance(envs.make("hopper", num_envs=2), PbrlSyncVectorEnv)
     o1, i1 = ours.reset(seed=5)
     o2, i2 = ref.reset(seed=5)
