@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,14 +39,18 @@ from torch.utils.tensorboard import SummaryWriter
 from pbrl.data import QueryBatch, SegmentBatch
 from pbrl.gpu.ppo import PPOConfig, SegmentPool, TorchPPO, knn_intrinsic_reward
 from pbrl.gpu.sim import TASKS, BatchedMujocoEnv
-from pbrl.loops.online import RunError, feedback_batch_size, resolve_device
+from pbrl.loops.online import (
+    RunError,
+    feedback_batch_size,
+    read_checkpoint,
+    resolve_device,
+    write_checkpoint,
+)
 from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
 from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
 from pbrl.store import FeedbackStore
 from pbrl.teachers import make_teacher
-
-CHECKPOINT = "checkpoint"
 
 
 def gpu_task(env_cfg: DictConfig) -> str:
@@ -546,32 +548,16 @@ class GpuPreferenceLoop:
 
     def save_checkpoint(self) -> Path:
         """Atomically replace ``run_dir/checkpoint/state.pt``."""
-        final = self.run_dir / CHECKPOINT
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with open(tmp / "state.pt", "wb") as f:
-            torch.save(self.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        (tmp / "meta.json").write_text(json.dumps({"step": self.step, "time": time.time()}))
-        old = self.run_dir / (CHECKPOINT + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
 
     def try_resume(self) -> bool:
         """Load the run directory's checkpoint if there is one; True if resumed."""
-        for name in (CHECKPOINT, CHECKPOINT + ".old"):
-            path = self.run_dir / name / "state.pt"
-            if path.exists():
-                self.load_state_dict(torch.load(path, weights_only=False, map_location="cpu"))
-                print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-                return True
-        return False
+        state = read_checkpoint(self.run_dir, map_location="cpu")
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
+        return True
 
     def close(self) -> None:
         """Close the writer, the store, the envs (and a human teacher's server)."""

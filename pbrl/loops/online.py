@@ -96,6 +96,40 @@ def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
+def write_checkpoint(run_dir: Path, state: dict[str, Any], step: int) -> Path:
+    """Atomically replace ``run_dir/checkpoint/`` with ``state`` (``state.pt``) and meta.
+
+    The new checkpoint is written and fsynced in ``checkpoint.tmp`` first; the previous one is
+    kept as ``checkpoint.old`` until the swap is done, so a kill at any point leaves one
+    readable checkpoint (:func:`read_checkpoint` falls back to ``.old``).
+    """
+    final = run_dir / CHECKPOINT
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with open(tmp / "state.pt", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
+    old = run_dir / (CHECKPOINT + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_checkpoint(run_dir: Path, map_location: str | None = None) -> dict[str, Any] | None:
+    """The state saved by :func:`write_checkpoint` in ``run_dir``, or ``None`` if none."""
+    for name in (CHECKPOINT, CHECKPOINT + ".old"):
+        path = run_dir / name / "state.pt"
+        if path.exists():
+            return torch.load(path, weights_only=False, map_location=map_location)
+    return None
+
+
 class PreferenceLoop:
     """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
 
@@ -636,33 +670,16 @@ class PreferenceLoop:
 
     def save_checkpoint(self) -> Path:
         """Atomically replace ``run_dir/checkpoint/state.pt``."""
-        final = self.run_dir / CHECKPOINT
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with open(tmp / "state.pt", "wb") as f:
-            torch.save(self.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        (tmp / "meta.json").write_text(json.dumps({"step": self.step, "time": time.time()}))
-        old = self.run_dir / (CHECKPOINT + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
 
     def try_resume(self) -> bool:
         """Load the run directory's checkpoint if there is one; True if resumed."""
-        for name in (CHECKPOINT, CHECKPOINT + ".old"):
-            path = self.run_dir / name / "state.pt"
-            if path.exists():
-                state = torch.load(path, weights_only=False)
-                self.load_state_dict(state)
-                print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-                return True
-        return False
+        state = read_checkpoint(self.run_dir)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
+        return True
 
     def close(self) -> None:
         """Close the writer, the store and the envs (and stop a human teacher's server)."""

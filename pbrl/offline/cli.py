@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,13 @@ from torch.utils.tensorboard import SummaryWriter
 
 from pbrl import envs as pbrl_envs
 from pbrl.cli import OVERRIDES, ResumeError, _config_diff, prepare_argv
-from pbrl.loops.online import CHECKPOINT, RunError, resolve_device
+from pbrl.loops.online import (
+    CHECKPOINT,
+    RunError,
+    read_checkpoint,
+    resolve_device,
+    write_checkpoint,
+)
 from pbrl.offline.cpl import CPLAgent, CPLConfig
 from pbrl.offline.data import BatchSampler, DatasetFormatError, PairBatch, load_preferences
 from pbrl.offline.dataset import DatasetError
@@ -242,32 +246,16 @@ class OfflineRun:
 
     def save_checkpoint(self) -> Path:
         """Atomically replace ``run_dir/checkpoint/state.pt`` (as the online loop does)."""
-        final = self.run_dir / CHECKPOINT
-        tmp = self.run_dir / (CHECKPOINT + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with open(tmp / "state.pt", "wb") as f:
-            torch.save(self.state_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        (tmp / "meta.json").write_text(json.dumps({"step": self.step, "time": time.time()}))
-        old = self.run_dir / (CHECKPOINT + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
 
     def try_resume(self) -> bool:
         """Load the run directory's checkpoint if there is one; True if resumed."""
-        for name in (CHECKPOINT, CHECKPOINT + ".old"):
-            path = self.run_dir / name / "state.pt"
-            if path.exists():
-                self.load_state_dict(torch.load(path, weights_only=False))
-                print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-                return True
-        return False
+        state = read_checkpoint(self.run_dir)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
+        return True
 
     def close(self) -> None:
         """Close the writer and the envs."""
