@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_md import replace_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 VENV_PY = HERE / ".venv-imitation" / "bin" / "python"
@@ -251,18 +253,7 @@ def write_results(args: argparse.Namespace, rows: list, s: dict) -> None:
             f"Scale note: {args.steps} env steps x {len(rows)} seed(s) is a smoke-scale run; "
             "returns at this scale say little about either method's final performance.",
         ]
-    _replace_section(RESULTS, HEADER, "\n".join(lines) + "\n")
-
-
-def _replace_section(path: Path, header: str, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if header in text:
-        start = text.index(header)
-        nxt = text.find("\n## ", start + len(header))
-        text = text[:start] + body + ("" if nxt < 0 else text[nxt + 1 :])
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+    replace_section(RESULTS, HEADER, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_md import replace_section
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Feedback efficiency (B-Pref protocol)"
 PAPER = (
@@ -143,18 +145,7 @@ def write_results(args: argparse.Namespace, rows: list, mean_norm: float) -> Non
         "direction, not the paper's band.",
         "",
     ]
-    _replace_section(RESULTS, header, "\n".join(lines))
-
-
-def _replace_section(path: Path, header: str, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if header in text:
-        start = text.index(header)
-        nxt = text.find("\n## ", start + len(header))
-        text = text[:start] + body + ("" if nxt < 0 else text[nxt + 1 :])
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+    replace_section(RESULTS, header, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from results_md import replace_section
 
 from pbrl.rewards.ot import cost_matrix, sinkhorn_log
 
@@ -125,19 +126,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        _replace_section(RESULTS, HEADER, text)
+        replace_section(RESULTS, HEADER, text)
         print(f"wrote {RESULTS}", file=sys.stderr)
-
-
-def _replace_section(path: Path, header: str, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if header in text:
-        start = text.index(header)
-        nxt = text.find("\n## ", start + len(header))
-        text = text[:start] + body + ("" if nxt < 0 else text[nxt + 1 :])
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
 
 
 if __name__ == "__main__":

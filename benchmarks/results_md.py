@@ -20,3 +20,16 @@ def write_section(title: str, body: str, path: Path = RESULTS) -> None:
         rest = "" if nxt < 0 else "\n" + text[nxt + 1 :]
         text = text[:start] + block + rest
     path.write_text(text)
+
+
+def replace_section(path: Path, header: str, body: str) -> None:
+    """Replace the text from ``header`` up to the next ``## `` with ``body`` (which starts
+    with the header), or append ``body`` when ``header`` is not in the file."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    if header in text:
+        start = text.index(header)
+        nxt = text.find("\n## ", start + len(header))
+        text = text[:start] + body + ("" if nxt < 0 else text[nxt + 1 :])
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text)
