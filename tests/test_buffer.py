@@ -455,3 +455,54 @@ def test_knn_distance_is_exact_for_near_duplicates_far_from_origin(rng):
     d = np.linalg.norm(q[:, None] - pts[None, :, 0], axis=-1)
     want = np.sort(d, axis=1)[:, 5]
     np.testing.assert_allclose(buf.knn_distance(q, exclude_self=True).numpy(), want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_incremental_knn_table_matches_the_search(rng, n_envs):
+    # The unsupervised phase reads the k-NN distance of sampled stored states from a table
+    # that is updated as states arrive; it must equal the (batch x N) search at every point,
+    # through growth in uneven steps, a checkpoint reload, and the ring wrapping.
+    buf = make_buffer(capacity_per_env=90, n_envs=n_envs, obs_dim=5, knn_chunk=50)
+    info = [{"true_reward": 0.0, "reward_factors": {"a": 0.0, "b": 0.0}, "sim_state": np.zeros(3)}]
+    walk = np.cumsum(rng.normal(size=(200, n_envs, 5)), axis=0)
+    walk[20:30] = walk[10]  # exact duplicates: zero distances besides the state itself
+    buf.set_reward_mode("intrinsic")
+    t = 0
+
+    def add(steps: int) -> None:
+        nonlocal t
+        for _ in range(steps):
+            buf.add(
+                walk[t],
+                walk[t],
+                np.zeros((n_envs, 2)),
+                np.zeros(n_envs),
+                np.zeros(n_envs),
+                info * n_envs,
+            )
+            t += 1
+
+    def check() -> None:
+        flat = buf._flat(buf.observations)
+        rows = rng.integers(len(flat), size=40)
+        got = buf._intrinsic(flat[rows], exclude_self=True, update=False, rows=rows)
+        want = buf.knn_distance(flat[rows], exclude_self=True)
+        brute = np.sort(np.linalg.norm(flat[rows, None] - flat[None], axis=-1), axis=1)[:, 5]
+        np.testing.assert_allclose(want.numpy(), brute, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=0)
+
+    add(6)
+    for steps in (1, 2, 1, 7, 1, 30):
+        add(steps)
+        check()
+    assert buf._knn_done == buf.pos * n_envs  # the table, not the fallback, answered
+    state = buf.state_dict()
+    buf.load_state_dict(state)
+    assert buf._knn_done == 0
+    check()  # rebuilt in one catch-up block
+    add(1)
+    check()
+    add(90 - buf.pos + 5)  # wrap: overwritten states leave the table; the search answers
+    assert buf.full
+    check()
+    assert buf._knn_done == 0
