@@ -44,7 +44,7 @@ from pbrl.agents.sb3 import (
     sb3_state,
 )
 from pbrl.buffer import PbrlReplayBuffer
-from pbrl.data import QueryBatch, SegmentBatch
+from pbrl.data import Label, QueryBatch, SegmentBatch
 from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
 from pbrl.rewards import make_reward_learner
@@ -219,6 +219,15 @@ class PreferenceLoop:
                 env_kwargs=env_kwargs,
             )
         self.teacher = make_teacher(t.pop("name"), seed=seed, **t)
+        # HERON's level scale (reward.level_scale != 1) weighs each pair by the ranking level
+        # that decided it; only a hierarchical teacher reports that level.
+        self.uses_levels = bool(getattr(self.learner, "uses_levels", False))
+        if self.uses_levels and not callable(getattr(self.teacher, "levels_of", None)):
+            raise RunError(
+                f"reward.level_scale={r.get('level_scale')} needs the factor level that decided "
+                f"each pair, which only teacher=heron reports (got teacher={cfg.teacher.name}); "
+                "use teacher=heron or reward.level_scale=1"
+            )
         if hasattr(self.teacher, "banner"):
             print(self.teacher.banner(), flush=True)
         self.selector = make_selector(cfg.query.name)
@@ -300,6 +309,7 @@ class PreferenceLoop:
         self.labelled_obs = np.zeros((0, 2, int(cfg.segment_size), self.obs_dim), np.float32)
         self.labelled_act = np.zeros((0, 2, int(cfg.segment_size), self.act_dim), np.float32)
         self.labelled_target = np.zeros(0, np.float32)
+        self.labelled_levels = np.zeros(0, np.int64)  # deciding level per pair (HERON)
         self.last: dict[str, float] = {}
         self._t_chunk = time.perf_counter()
         self._steps_chunk = 0
@@ -466,10 +476,24 @@ class PreferenceLoop:
         self.labelled_obs = np.concatenate([self.labelled_obs, obs])
         self.labelled_act = np.concatenate([self.labelled_act, act])
         self.labelled_target = np.concatenate([self.labelled_target, target])
+        levels: dict[str, np.ndarray] = {}
+        if self.uses_levels:
+            # the new rows are this round's non-skip labels, in the order they were stored
+            kept = [f.query_id for f in feedback if f.label != Label.SKIP]
+            if len(kept) != len(target):
+                raise RunError(
+                    f"{len(target)} new labelled pairs but {len(kept)} non-skip labels this "
+                    "round: the deciding levels cannot be matched to the pairs"
+                )
+            new_levels = self.teacher.levels_of(kept)
+            self.labelled_levels = np.concatenate([self.labelled_levels, new_levels])
+            levels = {"levels": self.labelled_levels}
         if len(self.labelled_target) == 0:
             return  # every query so far was skipped: nothing to learn from yet
         try:
-            stats = self.learner.train(self.labelled_obs, self.labelled_act, self.labelled_target)
+            stats = self.learner.train(
+                self.labelled_obs, self.labelled_act, self.labelled_target, **levels
+            )
         except NonFiniteLossError as err:
             path = self.run_dir / f"nonfinite_batch_step{self.step}.npz"
             np.savez(path, **err.batch)
@@ -624,6 +648,7 @@ class PreferenceLoop:
                     "labelled_obs",
                     "labelled_act",
                     "labelled_target",
+                    "labelled_levels",
                     "last",
                 )
             },

@@ -286,19 +286,24 @@ class RewardEnsemble(nn.Module):
 
 
 def bt_loss(
-    ret_first: torch.Tensor, ret_second: torch.Tensor, target: torch.Tensor
+    ret_first: torch.Tensor,
+    ret_second: torch.Tensor,
+    target: torch.Tensor,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bradley-Terry cross-entropy, summed over members.
 
     ``L = sum_e mean_b -[(1 - y) log P_e(first) + y log P_e(second)]`` with
-    ``P_e = softmax(R_first, R_second)``, computed with ``log_softmax`` so that large return
-    gaps stay finite.
+    ``P_e = softmax(c R_first, c R_second)`` (``P_e(second) = sigmoid(c (R_second - R_first))``),
+    computed with ``log_softmax`` so that large return gaps stay finite.
 
     Args:
         ret_first: ``(E, B)`` segment returns of the first segments.
         ret_second: ``(E, B)`` segment returns of the second segments.
         target: ``(B,)`` or ``(E, B)`` probability that the second segment is preferred
             (1 second, 0 first, 0.5 equal; soft values allowed).
+        scale: ``(B,)`` or ``(E, B)`` positive per-pair multiplier ``c`` of the return gap
+            (HERON's level scale, :mod:`pbrl.rewards.heron`); ``None``: ``c = 1``.
 
     Returns:
         scalar loss.
@@ -313,6 +318,14 @@ def bt_loss(
             f"target must be (B,) or (E, B) for returns {tuple(ret_first.shape)}, "
             f"got {tuple(target.shape)}"
         )
+    if scale is not None:
+        if scale.shape not in (ret_first.shape, ret_first.shape[1:]):
+            raise ValueError(
+                f"scale must be (B,) or (E, B) for returns {tuple(ret_first.shape)}, "
+                f"got {tuple(scale.shape)}"
+            )
+        scale = scale.to(ret_first.dtype)
+        ret_first, ret_second = ret_first * scale, ret_second * scale
     logp = torch.log_softmax(torch.stack([ret_first, ret_second], dim=-1), dim=-1)
     y = target.to(logp.dtype)
     ce = -((1.0 - y) * logp[..., 0] + y * logp[..., 1])  # (E, B)
@@ -415,7 +428,13 @@ class BTRewardLearner:
         self.total_epochs = 0  # epochs trained over the learner's life (for logs/resume)
 
     # --- training ---------------------------------------------------------------------
-    def train(self, obs: np.ndarray, act: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    def train(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        target: np.ndarray,
+        scale: np.ndarray | None = None,
+    ) -> dict[str, float]:
         """Fit the ensemble to labelled pairs.
 
         Args:
@@ -423,6 +442,8 @@ class BTRewardLearner:
             act: ``(Q, 2, H, D_a)`` actions.
             target: ``(Q,)`` probability that the second segment is preferred, in ``[0, 1]``
                 (skipped queries must be filtered out beforehand).
+            scale: ``(Q,)`` positive multiplier of each pair's return gap in the loss
+                (:func:`bt_loss`); ``None``: 1 for every pair (plain Bradley-Terry).
 
         Returns:
             ``loss`` (mean per-member cross-entropy over the last epoch), ``accuracy`` (mean over
@@ -451,6 +472,12 @@ class BTRewardLearner:
                 f"targets must lie in [0, 1] (P(second preferred)); got e.g. {bad}. Skipped "
                 "queries (NaN) must be removed before training"
             )
+        if scale is not None:
+            scale = np.asarray(scale, np.float64)
+            if scale.shape != (q,):
+                raise ValueError(f"scale must be ({q},), one per pair, got {scale.shape}")
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                raise ValueError(f"scale must be finite and > 0, got e.g. {scale[:5]}")
         dev, bsz, m = self.device, hp["batch_size"], hp["label_margin"]
         sa = torch.cat(
             [torch.as_tensor(obs, dtype=torch.float32), torch.as_tensor(act, dtype=torch.float32)],
@@ -458,6 +485,7 @@ class BTRewardLearner:
         ).to(dev)  # (Q, 2, H, D)
         y_raw = torch.as_tensor(target, dtype=torch.float32).to(dev)
         y = y_raw * (1.0 - 2.0 * m) + m
+        c = None if scale is None else torch.as_tensor(scale, dtype=torch.float32).to(dev)
         # B-Pref scores accuracy on hard labels; its "equal" label counts as "first" (0)
         y_hard = y_raw > 0.5
         n_steps = math.ceil(q / bsz)
@@ -478,7 +506,7 @@ class BTRewardLearner:
                 x = sa[idx]  # (E, b, 2, H, D)
                 ret = self.ensemble(x.reshape(e, -1, d), per_member=True).view(e, b, 2, h_len)
                 ret = ret.sum(dim=-1)  # (E, b, 2) segment returns
-                loss = bt_loss(ret[..., 0], ret[..., 1], y[idx])
+                loss = bt_loss(ret[..., 0], ret[..., 1], y[idx], None if c is None else c[idx])
                 if not torch.isfinite(loss):
                     raise self._nonfinite(loss, x, y[idx], idx, ret, epoch, i, n_steps)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -77,8 +77,10 @@ class HeronTeacher:
         seed: unused by the (deterministic) tree; accepted for a uniform teacher interface.
         teacher_id: recorded in every feedback.
 
-    After each :meth:`label` call, :attr:`last_levels` holds the deciding level per query and
-    :meth:`level_fractions` the fraction of pairs decided at each level (HERON's diagnostic).
+    After each :meth:`label` call, :attr:`last_levels` holds the deciding level per query,
+    :meth:`levels_of` looks them up by query id (what the reward learner's level scale needs)
+    and :meth:`level_fractions` gives the fraction of pairs decided at each level (HERON's
+    diagnostic).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class HeronTeacher:
         self.undecided = undecided
         self.teacher_id = str(teacher_id)
         self.last_levels = np.zeros(0, np.int64)
+        self._last_level_of: dict[str, int] = {}  # query id -> level, last label() call
         self.counts = np.zeros(0, np.int64)  # pairs decided per level, running
         self.n_undecided = 0
 
@@ -170,6 +173,7 @@ class HeronTeacher:
         np.add.at(self.counts, level[level >= 0], 1)
         self.n_undecided += int((level < 0).sum())
         self.last_levels = level
+        self._last_level_of = dict(zip(queries.ids, level.tolist(), strict=True))
         tie = Label.SKIP if self.undecided == "skip" else Label.EQUAL
         now = time.time()
         return [
@@ -181,6 +185,23 @@ class HeronTeacher:
             )
             for i, qid in enumerate(queries.ids)
         ]
+
+    def levels_of(self, query_ids: Sequence[str]) -> np.ndarray:
+        """``(Q,)`` int64 ranking level that decided each query of the last :meth:`label` call.
+
+        0 is the most important factor; -1 a pair no level decided (labelled ``EQUAL`` with
+        ``undecided="equal"``, or ``SKIP``).
+
+        Raises:
+            KeyError: a query id was not labelled by the last call.
+        """
+        missing = [q for q in query_ids if q not in self._last_level_of]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} query id(s) were not labelled by the last label() call, e.g. "
+                f"{missing[:3]}; ask for the levels of a round right after labelling it"
+            )
+        return np.array([self._last_level_of[q] for q in query_ids], np.int64)
 
     def level_fractions(self) -> dict[str, float]:
         """Fraction of all pairs labelled so far decided at each level (and undecided)."""
