@@ -50,6 +50,9 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
     """
 
     factor_names: tuple[str, ...] = ()
+    supports_info_columns: bool = True
+    """Whether :class:`~pbrl.envs.vector.PbrlSyncVectorEnv` may take this env's contract keys
+    as columns (subclasses that write them in their own ``step``/``reset`` say False)."""
 
     def __init__(self, env: gym.Env, max_episode_steps: int):
         super().__init__(env)
@@ -58,6 +61,20 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         self._ep_return = 0.0
         self._ep_len = 0
         self._truncate_at: int | None = None
+        # Set by PbrlSyncVectorEnv: (columns, this env's index) — the contract keys are then
+        # written straight into the vector env's arrays instead of this step's info dict.
+        self._columns: Any = None
+        self._column = 0
+
+    def attach_info_columns(self, columns: Any, index: int) -> None:
+        """Write the contract keys into ``columns`` (row ``index``), not the info dict.
+
+        The keys are ``true_reward``, ``reward_factors``, ``sim_state`` and ``success``;
+        ``columns=None`` detaches. Only :class:`~pbrl.envs.vector.PbrlSyncVectorEnv` calls
+        this, for sub-envs it steps itself; it puts the same keys, in gymnasium's vector
+        layout, into its own infos.
+        """
+        self._columns, self._column = columns, int(index)
 
     def set_max_episode_steps(self, n: int) -> None:
         """End episodes (``truncated=True``) after ``n`` steps, if sooner than the task does."""
@@ -108,7 +125,10 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         obs, info = self.env.reset(seed=seed, options=options)
         self._state = self._get_sim_state()
         self._ep_return, self._ep_len = 0.0, 0
-        info["sim_state"] = self._state
+        if self._columns is None:
+            info["sim_state"] = self._state
+        else:
+            self._columns.put_state(self._column, self._state)
         return obs, info
 
     def step(self, action):  # type: ignore[no-untyped-def,override]
@@ -116,12 +136,18 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         before = self._state
         obs, reward, terminated, truncated, info = self.env.step(action)
         reward = float(reward)
-        info["true_reward"] = reward
-        info["reward_factors"] = self._factors(info)
-        info["sim_state"] = before
+        factors = self._factors(info)
         success = self._success(info)
-        if success is not None:
-            info["success"] = bool(success)
+        if self._columns is None:
+            info["true_reward"] = reward
+            info["reward_factors"] = factors
+            info["sim_state"] = before
+            if success is not None:
+                info["success"] = bool(success)
+        else:
+            if success is not None:
+                info.pop("success", None)  # the suite's own flag; the column replaces it
+            self._columns.put_step(self._column, reward, factors, before, success)
         self._state = self._get_sim_state()
         self._ep_return += reward
         self._ep_len += 1

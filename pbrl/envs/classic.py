@@ -30,6 +30,7 @@ scales with the canvas); a non-square size is drawn square and centre-cropped.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -113,7 +114,6 @@ class PendulumEnv(PbrlEnv):
         super().__init__(env, limit._max_episode_steps)
         self._limit = limit
         self._pend: GymPendulum = env.unwrapped  # type: ignore[assignment]
-        self._pre: np.ndarray | None = None  # (theta, theta_dot) before the current step
         self._renderer: PendulumRenderer | None = None
 
     def _get_sim_state(self) -> np.ndarray:
@@ -121,20 +121,14 @@ class PendulumEnv(PbrlEnv):
         th, thdot = self._pend.state
         return np.array([th, thdot, np.nan if last_u is None else last_u], np.float64)
 
-    def step(self, action):  # type: ignore[no-untyped-def,override]
-        """Step; the factors are computed from the pre-step state (as gymnasium's reward)."""
-        self._pre = np.array(self._pend.state, np.float64)
-        return super().step(action)
-
     def _factors(self, info: dict[str, Any]) -> dict[str, float]:
-        assert self._pre is not None
-        th, thdot = self._pre
+        # From the pre-step state, as gymnasium's reward: PbrlEnv.step calls this before it
+        # replaces self._state (the state the agent acted on) with the post-step one.
+        assert self._state is not None
+        th, thdot = float(self._state[0]), float(self._state[1])
+        th = (th + math.pi) % (2 * math.pi) - math.pi  # angle_normalize, on a Python float
         u = float(self._pend.last_u)  # the clipped torque gymnasium just applied
-        return {
-            "theta_sq": float(angle_normalize(th) ** 2),
-            "theta_dot_sq": float(thdot**2),
-            "torque_sq": u * u,
-        }
+        return {"theta_sq": th * th, "theta_dot_sq": thdot * thdot, "torque_sq": u * u}
 
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
         """``-(theta_sq + 0.1 theta_dot_sq + 0.001 torque_sq)`` (gymnasium's reward)."""

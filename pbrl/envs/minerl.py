@@ -831,6 +831,8 @@ class MineRLEnv(PbrlEnv):
         max_episode_steps: the task's limit (default: :data:`TASKS`).
     """
 
+    supports_info_columns = False  # writes the contract keys in its own step/reset
+
     factor_names = ("env_reward",)
 
     def __init__(
