@@ -536,6 +536,10 @@ class MetaWorldEnv(PbrlEnv):
         self.camera = camera
         resolve_camera(self._model, camera)  # fail now on an unknown camera
         self._renderer: MetaWorldRenderer | None = None
+        # The object/goal placement part of the state (model body_pos/site_pos) — the package
+        # writes it only in reset_model — kept from the last reset/restore instead of being
+        # gathered on every step (a third of this wrapper's per-step cost).
+        self._placement: np.ndarray | None = None
         # The package's own compute_reward, called by its evaluate_state on every step, with
         # its arguments and result kept for _factors.
         self._reward_call: tuple[Any, np.ndarray, tuple] | None = None
@@ -559,6 +563,7 @@ class MetaWorldEnv(PbrlEnv):
             gym.Env.reset(mw, seed=seed)  # gymnasium's seeding (the package's reset ignores it)
         mw._freeze_rand_vec = self.fixed_goal and seed is None and mw._last_rand_vec is not None
         self._reward_call = None
+        self._placement = None  # the package's reset_model moves objects and goal
         return super().reset(seed=None, options=options)
 
     def step(self, action):  # type: ignore[no-untyped-def,override]
@@ -573,10 +578,16 @@ class MetaWorldEnv(PbrlEnv):
     # --- PbrlEnv hooks --------------------------------------------------------------------
     def _get_sim_state(self) -> np.ndarray:
         out = np.empty(self._state_size, np.float64)
-        n, nb = self._n_phys, 3 * len(self._bodies)
+        n = self._n_phys
         mujoco.mj_getState(self._model, self._data, out[:n], STATE_SIG)
-        out[n : n + nb] = self._model.body_pos[self._bodies].ravel()
-        out[n + nb :] = self._model.site_pos[self._sites].ravel()
+        if self._placement is None:
+            self._placement = np.concatenate(
+                [
+                    self._model.body_pos[self._bodies].ravel(),
+                    self._model.site_pos[self._sites].ravel(),
+                ]
+            )
+        out[n:] = self._placement
         return out
 
     def _factors(self, info: dict[str, Any]) -> dict[str, float]:
@@ -619,6 +630,7 @@ class MetaWorldEnv(PbrlEnv):
         mujoco.mj_copyData(self._data, self._model, pickle.loads(snap["data"]))
         self._model.body_pos[:] = snap["body_pos"]
         self._model.site_pos[:] = snap["site_pos"]
+        self._placement = None
         for k, v in copy.deepcopy(snap["attrs"]).items():
             setattr(self.mw, k, v)
         self.mw.np_random.bit_generator.state = snap["np_random"]
