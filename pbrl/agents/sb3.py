@@ -7,17 +7,29 @@ SB3 never sees the true reward (it travels in ``info`` for the buffer and the ev
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
+from gymnasium import spaces
 from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import (
+    DiagGaussianDistribution,
+    StateDependentNoiseDistribution,
+)
 from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
+from torch.optim.adam import adam as adam_functional
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(obs (B, D_o), action (B, D_a) scaled to [-1, 1]) -> (B,) reward."""
@@ -123,7 +135,553 @@ class PbrlSAC(_FixedHorizonMixin, SAC):
 
 
 class PbrlPPO(_FixedHorizonMixin, PPO):
-    """SB3 PPO with whole-run schedules."""
+    """SB3 PPO with whole-run schedules and a faster update of the same maths.
+
+    Args:
+        *args: as for :class:`stable_baselines3.PPO`.
+        fast_update: use :meth:`_fast_train` (default) instead of SB3's ``train()``. It computes
+            the same losses, gradients and Adam steps from the same minibatches, with less
+            per-step overhead; it falls back to SB3's ``train()`` for set-ups it does not cover
+            (:func:`fast_update_unsupported` names why).
+        **kwargs: as for :class:`stable_baselines3.PPO`.
+    """
+
+    def __init__(self, *args: Any, fast_update: bool = True, **kwargs: Any) -> None:
+        self.fast_update = bool(fast_update)
+        super().__init__(*args, **kwargs)
+
+    def train(self) -> None:
+        """One PPO update on the rollout buffer: the fast path when enabled and supported."""
+        if self.fast_update and fast_update_unsupported(self) is None:
+            self._fast_train()
+        else:
+            super().train()
+
+    def _fast_train(self) -> None:
+        """SB3's ``PPO.train()`` without its per-minibatch overheads (same maths, same RNG use).
+
+        Differences from SB3's loop; none changes the update beyond float rounding:
+
+        - the rollout is converted to tensors once, and each epoch's minibatches are slices of
+          one gather by the epoch's permutation (drawn from ``np.random`` as SB3 does);
+        - the Gaussian (or gSDE) log-probability and entropy are computed with tensor ops
+          instead of SB3's distribution objects (no ``torch.distributions`` validation);
+        - for SB3's MLP actor-critic (Tanh or ReLU layers) the gradient is written out by hand
+          (:class:`_ManualMlp`) instead of running autograd; otherwise autograd runs, with the
+          entropy kept out of the graph when ``ent_coef == 0`` (its gradient is zero then);
+        - gradients are clipped to the global norm (one norm over the flat gradient buffer of
+          the hand-written path, else a foreach norm) and stepped (Adam's functional kernel on
+          the optimiser's own state) without the optimiser's Python bookkeeping;
+        - losses for logging stay on the device until the end of the call (one sync), unless
+          ``target_kl`` is set: then the KL is read every minibatch, as SB3 must.
+        """
+        policy = self.policy
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        clip_range = float(self.clip_range(self._current_progress_remaining))  # type: ignore[operator]
+        clip_range_vf = (
+            None
+            if self.clip_range_vf is None
+            else float(self.clip_range_vf(self._current_progress_remaining))  # type: ignore[operator]
+        )
+        data = _RolloutTensors(self.rollout_buffer, self.device)
+        manual = _ManualMlp(policy) if _ManualMlp.unsupported(policy) is None else None
+        head = _GaussianHead(policy)
+        step = _OptimiserStep(policy, self.max_grad_norm)
+        ent_coef, vf_coef = float(self.ent_coef), float(self.vf_coef)
+        n, batch_size = data.size, int(self.batch_size)
+        kl_limit = None if self.target_kl is None else np.float32(1.5 * self.target_kl)
+
+        stats: list[torch.Tensor] = []  # per minibatch: pg, clip frac, vf, entropy losses, KL
+        first_of_last_epoch = 0
+        loss = torch.zeros(())
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            first_of_last_epoch = len(stats)
+            columns = data.shuffled(np.random.permutation(n))
+            for start in range(0, n, batch_size):
+                obs, actions, old_values, old_log_prob, advantages, returns = (
+                    c[start : start + batch_size] for c in columns
+                )
+                with torch.set_grad_enabled(manual is None):
+                    if manual is not None:
+                        values, log_prob, entropy = manual.forward(obs, actions)
+                    else:
+                        values, log_prob, entropy = head.evaluate(
+                            obs, actions, need_entropy_grad=ent_coef != 0.0
+                        )
+                    if self.normalize_advantage and len(advantages) > 1:
+                        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                    log_ratio = log_prob - old_log_prob
+                    ratio = torch.exp(log_ratio)
+                    policy_loss_1 = advantages * ratio
+                    policy_loss_2 = advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                    policy_loss = -torch.min(policy_loss_1, policy_loss_2).mean()
+                    if clip_range_vf is None:
+                        values_pred = values
+                    else:
+                        values_pred = old_values + torch.clamp(
+                            values - old_values, -clip_range_vf, clip_range_vf
+                        )
+                    value_loss = F.mse_loss(returns, values_pred)
+                    entropy_loss = -torch.mean(entropy)
+                    loss = policy_loss + ent_coef * entropy_loss + vf_coef * value_loss
+                with torch.no_grad():
+                    clip_fraction = torch.mean((torch.abs(ratio - 1) > clip_range).float())
+                    approx_kl = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
+                    stats.append(
+                        torch.stack(
+                            [policy_loss, clip_fraction, value_loss, entropy_loss, approx_kl]
+                        ).detach()
+                    )
+                if kl_limit is not None and approx_kl.cpu().numpy() > kl_limit:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(
+                            f"Early stopping at step {epoch} due to reaching max kl: "
+                            f"{float(approx_kl):.2f}"
+                        )
+                    break
+                if manual is not None:
+                    grads = manual.gradients(
+                        _LossTerms(
+                            advantages=advantages,
+                            ratio=ratio,
+                            policy_loss_1=policy_loss_1,
+                            policy_loss_2=policy_loss_2,
+                            clip_range=clip_range,
+                            values=values,
+                            values_pred=values_pred,
+                            old_values=old_values,
+                            returns=returns,
+                            clip_range_vf=clip_range_vf,
+                            ent_coef=ent_coef,
+                            vf_coef=vf_coef,
+                        )
+                    )
+                    step.apply_flat(grads, [manual.grad_views[p] for p in step.params])
+                else:
+                    step.apply(step.backward(loss))
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        # One device sync for all the logged values. SB3 averages Python floats (float64).
+        table = torch.stack(stats).cpu().numpy().astype(np.float64)
+        explained_var = explained_variance(
+            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+        )
+        self.logger.record("train/entropy_loss", float(np.mean(table[:, 3])))
+        self.logger.record("train/policy_gradient_loss", float(np.mean(table[:, 0])))
+        self.logger.record("train/value_loss", float(np.mean(table[:, 2])))
+        self.logger.record("train/approx_kl", float(np.mean(table[first_of_last_epoch:, 4])))
+        self.logger.record("train/clip_fraction", float(np.mean(table[:, 1])))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(policy, "log_std"):
+            self.logger.record("train/std", torch.exp(policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+
+
+def fast_update_unsupported(model: PPO) -> str | None:
+    """Why :meth:`PbrlPPO._fast_train` cannot run for ``model`` (``None``: it can).
+
+    Covered: a plain :class:`RolloutBuffer` (vector observations), a continuous action space
+    with a diagonal Gaussian or gSDE head without tanh squashing, and torch's ``Adam`` with one
+    parameter group and no step hooks. Anything else runs SB3's own ``train()``.
+    """
+    if type(model.rollout_buffer) is not RolloutBuffer:
+        return f"rollout buffer {type(model.rollout_buffer).__name__} (needs RolloutBuffer)"
+    if not isinstance(model.action_space, spaces.Box):
+        return f"action space {type(model.action_space).__name__} (needs Box)"
+    dist = model.policy.action_dist
+    if type(dist) not in (DiagGaussianDistribution, StateDependentNoiseDistribution):
+        return f"action distribution {type(dist).__name__} (needs a Gaussian or gSDE)"
+    if getattr(dist, "bijector", None) is not None:
+        return "squashed gSDE (squash_output=True)"
+    opt = model.policy.optimizer
+    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
+        return f"optimiser {type(opt).__name__} with {len(opt.param_groups)} group(s)"
+    if opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks:
+        return "optimiser step hooks"
+    group = opt.param_groups[0]
+    if group["differentiable"] or group["capturable"]:
+        return "differentiable or capturable Adam"
+    return None
+
+
+class _RolloutTensors:
+    """The rollout buffer as flat tensors, built once per update.
+
+    The buffer's arrays are swapped and flattened in place exactly as
+    ``RolloutBuffer.get`` does on its first call, so SB3's view of the buffer is unchanged.
+    """
+
+    _NAMES = ("observations", "actions", "values", "log_probs", "advantages", "returns")
+
+    def __init__(self, buffer: RolloutBuffer, device: torch.device):
+        if not buffer.full:
+            raise RuntimeError("PPO update on a rollout buffer that is not full; collect first")
+        if not buffer.generator_ready:
+            for name in self._NAMES:
+                buffer.__dict__[name] = buffer.swap_and_flatten(buffer.__dict__[name])
+            buffer.generator_ready = True
+        self.size = buffer.buffer_size * buffer.n_envs
+        obs = torch.tensor(buffer.observations, device=device)
+        actions = torch.tensor(buffer.actions.astype(np.float32, copy=False), device=device)
+        self.columns = (
+            obs,
+            actions,
+            *(
+                torch.tensor(buffer.__dict__[name].reshape(self.size), device=device)
+                for name in self._NAMES[2:]
+            ),
+        )
+
+    def shuffled(self, permutation: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """All columns gathered in ``permutation`` order (minibatches are then slices)."""
+        index = torch.as_tensor(permutation, device=self.columns[0].device)
+        return tuple(column.index_select(0, index) for column in self.columns)
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _normal_log_prob(actions: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor):  # type: ignore[no-untyped-def]
+    """``Normal(mean, scale).log_prob(actions).sum(1)`` and ``log(scale)``, in torch's op order."""
+    log_scale = scale.log()
+    log_prob = -((actions - mean) ** 2) / (2 * scale**2) - log_scale - _HALF_LOG_2PI
+    return log_prob.sum(1), log_scale
+
+
+class _GaussianHead:
+    """Values, log-probabilities and entropies of an SB3 actor-critic, with tensor ops.
+
+    Computes what ``ActorCriticPolicy.evaluate_actions`` computes for a diagonal Gaussian or a
+    gSDE head (``torch.distributions.Normal``'s formulas, in its order of operations), through
+    the policy's own modules (any feature extractor and MLP), for autograd.
+    """
+
+    def __init__(self, policy: Any):
+        self.policy = policy
+        self.dist = policy.action_dist
+        self.sde = isinstance(self.dist, StateDependentNoiseDistribution)
+
+    def evaluate(
+        self, obs: torch.Tensor, actions: torch.Tensor, need_entropy_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(values (B,), log_prob (B,), entropy (B,))`` of ``actions`` (B, A) at ``obs``."""
+        policy = self.policy
+        features = policy.extract_features(obs)
+        if policy.share_features_extractor:
+            latent_pi, latent_vf = policy.mlp_extractor(features)
+        else:
+            pi_features, vf_features = features
+            latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+            latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+        mean = policy.action_net(latent_pi)
+        values = policy.value_net(latent_vf).flatten()
+        if self.sde:
+            latent_sde = latent_pi if self.dist.learn_features else latent_pi.detach()
+            std = self.dist.get_std(policy.log_std)
+            scale = torch.sqrt(torch.mm(latent_sde**2, std**2) + self.dist.epsilon)
+        else:
+            scale = torch.ones_like(mean) * policy.log_std.exp()
+        log_prob, log_scale = _normal_log_prob(actions, mean, scale)
+        with torch.set_grad_enabled(need_entropy_grad and torch.is_grad_enabled()):
+            entropy = (0.5 + _HALF_LOG_2PI + log_scale).sum(1)
+        return values, log_prob, entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class _LossTerms:
+    """What the PPO loss' gradient needs from one minibatch (all (B,) tensors but the floats)."""
+
+    advantages: torch.Tensor  # normalised if SB3 normalises
+    ratio: torch.Tensor
+    policy_loss_1: torch.Tensor
+    policy_loss_2: torch.Tensor
+    clip_range: float
+    values: torch.Tensor
+    values_pred: torch.Tensor
+    old_values: torch.Tensor
+    returns: torch.Tensor
+    clip_range_vf: float | None
+    ent_coef: float
+    vf_coef: float
+
+
+class _ManualMlp:
+    """SB3's MLP actor-critic forward and the PPO loss' gradient written out (no autograd).
+
+    Covers ``MlpPolicy`` as SB3 builds it: a flatten feature extractor, separate actor and
+    critic MLPs of ``Linear`` + ``Tanh``/``ReLU`` layers, linear action and value heads, and a
+    diagonal Gaussian or gSDE head (``full_std``, ``exp`` std, features not learned, no
+    squashing). The forward is op for op SB3's; the gradient is the PPO loss' exact gradient
+    (clipped surrogate, value loss with optional clipping, entropy), so the update equals
+    autograd's up to float rounding. Autograd itself is the slow part of a 64-sample step on a
+    CPU: its graph bookkeeping costs more than the small matrix products.
+    """
+
+    _ACTIVATIONS: ClassVar[dict[type, str]] = {torch.nn.Tanh: "tanh", torch.nn.ReLU: "relu"}
+
+    @classmethod
+    def unsupported(cls, policy: Any) -> str | None:
+        """Why this policy needs autograd (``None``: :class:`_ManualMlp` covers it)."""
+        if not isinstance(policy.observation_space, spaces.Box):
+            return "non-Box observations"
+        extractors = [policy.features_extractor]
+        if not policy.share_features_extractor:
+            extractors = [policy.pi_features_extractor, policy.vf_features_extractor]
+        if any(type(e) is not FlattenExtractor for e in extractors):
+            return "a feature extractor other than FlattenExtractor"
+        if type(policy.mlp_extractor) is not MlpExtractor:
+            return "an mlp_extractor other than SB3's MlpExtractor"
+        for net in (policy.mlp_extractor.policy_net, policy.mlp_extractor.value_net):
+            mods = list(net)
+            if len(mods) % 2 or not all(
+                type(lin) is torch.nn.Linear and type(act) in cls._ACTIVATIONS
+                for lin, act in zip(mods[::2], mods[1::2], strict=True)
+            ):
+                return "MLP layers other than Linear + Tanh/ReLU"
+        if type(policy.action_net) is not torch.nn.Linear:
+            return "a non-linear action head"
+        if type(policy.value_net) is not torch.nn.Linear:
+            return "a non-linear value head"
+        dist = policy.action_dist
+        if isinstance(dist, StateDependentNoiseDistribution):
+            if not dist.full_std or dist.use_expln or dist.learn_features:
+                return "gSDE with full_std=False, use_expln or learn_features"
+        elif type(dist) is not DiagGaussianDistribution:
+            return "a non-Gaussian action distribution"
+        trained = {p for p in policy.optimizer.param_groups[0]["params"] if p.requires_grad}
+        if trained != set(policy.parameters()):
+            return "optimised parameters other than the MLPs, heads and log_std"
+        return None
+
+    def __init__(self, policy: Any):
+        def layers(net: torch.nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+            mods = list(net)
+            return [
+                (lin.weight, lin.bias, self._ACTIVATIONS[type(act)])
+                for lin, act in zip(mods[::2], mods[1::2], strict=True)
+            ]
+
+        self.pi = layers(policy.mlp_extractor.policy_net)
+        self.vf = layers(policy.mlp_extractor.value_net)
+        self.action_net = policy.action_net
+        self.value_net = policy.value_net
+        self.log_std = policy.log_std
+        self.sde = isinstance(policy.action_dist, StateDependentNoiseDistribution)
+        self.epsilon = float(getattr(policy.action_dist, "epsilon", 0.0))
+        self._cache: dict[str, Any] = {}
+        # Every gradient is written into a view of one flat buffer (in the optimiser's order),
+        # so the global norm and the clipping are one op each instead of one per parameter.
+        params = [p for p in policy.optimizer.param_groups[0]["params"] if p.requires_grad]
+        self.flat_grad = torch.empty(sum(p.numel() for p in params), device=params[0].device)
+        self.grad_views: dict[torch.Tensor, torch.Tensor] = {}
+        offset = 0
+        for p in params:
+            self.grad_views[p] = self.flat_grad[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    @staticmethod
+    def _mlp(x: torch.Tensor, layers: list) -> list[torch.Tensor]:
+        """Every layer's output, input first (what the backward pass needs)."""
+        outs = [x]
+        for weight, bias, act in layers:
+            z = torch.addmm(bias, x, weight.t())  # = F.linear for 2-D input
+            x = torch.tanh(z) if act == "tanh" else torch.relu(z)
+            outs.append(x)
+        return outs
+
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(values (B,), log_prob (B,), entropy (B,))``; keeps what :meth:`gradients` needs."""
+        obs = obs.float().flatten(1)
+        pi_outs, vf_outs = self._mlp(obs, self.pi), self._mlp(obs, self.vf)
+        latent_pi, latent_vf = pi_outs[-1], vf_outs[-1]
+        mean = torch.addmm(self.action_net.bias, latent_pi, self.action_net.weight.t())
+        values = torch.addmm(self.value_net.bias, latent_vf, self.value_net.weight.t()).flatten()
+        if self.sde:
+            std = torch.exp(self.log_std)
+            latent_sq, std_sq = latent_pi**2, std**2
+            scale = torch.sqrt(torch.mm(latent_sq, std_sq) + self.epsilon)
+        else:
+            latent_sq = std_sq = None
+            scale = torch.ones_like(mean) * self.log_std.exp()
+        log_prob, log_scale = _normal_log_prob(actions, mean, scale)
+        entropy = (0.5 + _HALF_LOG_2PI + log_scale).sum(1)
+        self._cache = dict(
+            pi_outs=pi_outs,
+            vf_outs=vf_outs,
+            diff=actions - mean,
+            var=scale * scale,
+            latent_sq=latent_sq,
+            std_sq=std_sq,
+        )
+        return values, log_prob, entropy
+
+    def _linear_grads(
+        self, layer: torch.nn.Linear | torch.Tensor, grad_z: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        """``weight`` and ``bias`` gradients of ``z = x @ weight.T + bias`` (into the buffer)."""
+        weight, bias = (layer.weight, layer.bias) if isinstance(layer, torch.nn.Linear) else layer
+        torch.mm(grad_z.t(), x, out=self.grad_views[weight])
+        torch.sum(grad_z, 0, out=self.grad_views[bias])
+
+    def _backward(self, outs: list[torch.Tensor], layers: list, grad_out: torch.Tensor) -> None:
+        """Back-propagate ``grad_out`` (B, H) through an MLP whose layer outputs are ``outs``."""
+        for k in range(len(layers) - 1, -1, -1):
+            weight, bias, act = layers[k]
+            h = outs[k + 1]
+            grad_z = grad_out * (1 - h * h) if act == "tanh" else grad_out * (h > 0)
+            self._linear_grads((weight, bias), grad_z, outs[k])  # type: ignore[arg-type]
+            if k > 0:  # the observations need no gradient
+                grad_out = grad_z.mm(weight)
+
+    @torch.no_grad()
+    def gradients(self, t: _LossTerms) -> torch.Tensor:
+        """Gradient of ``policy_loss + ent_coef * entropy_loss + vf_coef * value_loss``.
+
+        For the minibatch of the last :meth:`forward`. Returns :attr:`flat_grad`, all
+        parameters' gradients in the optimiser's order (:attr:`grad_views` are its pieces);
+        the next call overwrites it.
+        """
+        c = self._cache
+        batch = t.ratio.shape[0]
+        # Clipped surrogate: where the ratio is inside [1 - eps, 1 + eps] both terms are equal
+        # and the gradient is the unclipped one; outside, the min takes the unclipped term if
+        # it is the smaller, else the clipped (constant) one, whose gradient is zero.
+        live = t.policy_loss_1 <= t.policy_loss_2
+        grad_log_prob = (-1.0 / batch) * t.advantages * live * t.ratio  # d ratio/d log_prob
+        diff, var = c["diff"], c["var"]
+        scaled = diff / var
+        grad_mean = grad_log_prob[:, None] * scaled
+        # d log N / d var = ((a - mu)^2 / var - 1) / (2 var); d entropy / d var = 1 / (2 var)
+        grad_var = grad_log_prob[:, None] * (diff * scaled - 1)
+        if t.ent_coef != 0.0:
+            grad_var = grad_var - t.ent_coef / batch
+        grad_log_std = self.grad_views[self.log_std]
+        if self.sde:
+            # var = latent^2 @ std^2 + eps, std = exp(log_std): d/d log_std = 2 std^2 d/d std^2
+            dvar = c["latent_sq"].t().mm(grad_var / (2 * var))
+            torch.mul(dvar, 2 * c["std_sq"], out=grad_log_std)
+        else:
+            # var = exp(log_std)^2 per sample: d/d log_std = 2 var d/d var, summed over samples
+            torch.sum(grad_var, 0, out=grad_log_std)
+        self._linear_grads(self.action_net, grad_mean, c["pi_outs"][-1])
+        self._backward(c["pi_outs"], self.pi, grad_mean.mm(self.action_net.weight))
+
+        grad_values = (2.0 * t.vf_coef / batch) * (t.values_pred - t.returns)
+        if t.clip_range_vf is not None:
+            delta = t.values - t.old_values
+            grad_values = grad_values * ((delta >= -t.clip_range_vf) & (delta <= t.clip_range_vf))
+        grad_values = grad_values[:, None]
+        self._linear_grads(self.value_net, grad_values, c["vf_outs"][-1])
+        self._backward(c["vf_outs"], self.vf, grad_values.mm(self.value_net.weight))
+        return self.flat_grad
+
+
+class _OptimiserStep:
+    """``clip_grad_norm_`` and ``Adam.step`` with less Python overhead, same numbers.
+
+    Uses the optimiser's own state tensors and hyperparameters (read at construction, i.e.
+    once per update, after SB3 set the learning rate), so the optimiser's ``state_dict`` is
+    what ``optimizer.step()`` would leave. The first step of a fresh optimiser (no state yet)
+    goes through ``optimizer.step()`` to create that state.
+    """
+
+    def __init__(self, policy: Any, max_grad_norm: float):
+        self.optimizer: torch.optim.Adam = policy.optimizer
+        self.group = self.optimizer.param_groups[0]
+        self.params: list[torch.Tensor] = [p for p in self.group["params"] if p.requires_grad]
+        self.max_grad_norm = float(max_grad_norm)
+        self.state_lists: tuple[list[torch.Tensor], ...] | None = None
+
+    def _lists(self) -> tuple[list[torch.Tensor], ...] | None:
+        state = self.optimizer.state
+        if not all(p in state and "step" in state[p] for p in self.params):
+            return None
+        exp_avgs = [state[p]["exp_avg"] for p in self.params]
+        exp_avg_sqs = [state[p]["exp_avg_sq"] for p in self.params]
+        max_sqs = [state[p]["max_exp_avg_sq"] for p in self.params] if self.group["amsgrad"] else []
+        steps = [state[p]["step"] for p in self.params]
+        return exp_avgs, exp_avg_sqs, max_sqs, steps
+
+    def backward(self, loss: torch.Tensor) -> list[torch.Tensor | None]:
+        """Autograd's gradients of ``loss`` (``zero_grad`` + ``backward``), in ``params`` order."""
+        for p in self.params:
+            p.grad = None
+        loss.backward()
+        return [p.grad for p in self.params]
+
+    @torch.no_grad()
+    def apply_flat(self, flat: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        """As :meth:`apply` for ``grads`` that are views covering the one tensor ``flat``.
+
+        The global norm is then one ``vector_norm`` and the clipping one ``mul_`` (the norm's
+        float rounding differs from the per-parameter norms of ``clip_grad_norm_``).
+        """
+        total = torch.linalg.vector_norm(flat, 2.0)
+        flat.mul_(torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0))
+        self._adam(grads)
+
+    @torch.no_grad()
+    def apply(self, grads: list[torch.Tensor | None]) -> None:
+        """Clip ``grads`` (one per ``params``) to the global norm, then take an Adam step."""
+        if any(g is None for g in grads):
+            # A parameter outside this loss' graph: let the optimiser skip it as SB3's would.
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+            return
+        dense: list[torch.Tensor] = grads  # type: ignore[assignment]
+        # torch.nn.utils.clip_grad_norm_'s foreach path, without its per-call grouping.
+        norms = torch._foreach_norm(dense, 2.0)
+        total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+        coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
+        torch._foreach_mul_(dense, coef)
+        self._adam(dense)
+
+    def _adam(self, dense: list[torch.Tensor]) -> None:
+        """One Adam step with the (clipped) ``dense`` gradients, one per ``params``."""
+        if self.state_lists is None:
+            self.state_lists = self._lists()
+            if self.state_lists is None:
+                for p, g in zip(self.params, dense, strict=True):
+                    p.grad = g
+                self.optimizer.step()
+                return
+        exp_avgs, exp_avg_sqs, max_sqs, steps = self.state_lists
+        g = self.group
+        beta1, beta2 = g["betas"]
+        adam_functional(
+            self.params,
+            dense,
+            exp_avgs,
+            exp_avg_sqs,
+            max_sqs,
+            steps,
+            amsgrad=g["amsgrad"],
+            has_complex=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=g["lr"],
+            weight_decay=g["weight_decay"],
+            eps=g["eps"],
+            maximize=g["maximize"],
+            foreach=g["foreach"],
+            capturable=False,
+            differentiable=False,
+            fused=g["fused"],
+            grad_scale=None,
+            found_inf=None,
+            decoupled_weight_decay=g["decoupled_weight_decay"],
+        )
 
 
 def linear_schedule(start: float) -> Callable[[float], float]:

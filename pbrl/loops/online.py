@@ -284,6 +284,7 @@ class PreferenceLoop:
                 n_steps=int(a.n_steps),
                 batch_size=int(a.batch_size),
                 n_epochs=int(a.n_epochs),
+                fast_update=bool(a.get("fast_update", True)),
                 clip_range=linear_schedule(float(clip)),
                 policy_kwargs={
                     "net_arch": {"pi": list(a.net_arch), "vf": list(a.net_arch)},
