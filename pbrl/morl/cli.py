@@ -7,22 +7,30 @@ directory gets the resolved ``config.yaml``; TensorBoard scalars ``front/hv``, `
 ``policies/*.pt`` (every evaluated policy) and ``front.json`` (their vector returns and the
 front's ids); ``history.json`` and ``final_metrics.json``. With ``select=teacher`` a teacher
 picks one front policy by a clip tournament (``selection.json``, ``select/*`` scalars).
+
+A run checkpoints itself (``checkpoint/``) after planning every round and after every finished
+job; ``pbrl-front <run dir>`` or ``pbrl-front ... resume=true`` (the latest front run under
+``runs/``) continues it after a crash or a kill, with the front an uninterrupted run would get.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from pbrl.cli import _RESUME_OUTPUT, OVERRIDES, RUNS, ResumeError, _config_diff, _resume_args
 from pbrl.morl.cmorl import CMORL, Archive, CMORLConfig, eval_env_factory
 from pbrl.morl.envs import default_ref_point, objective_names
 from pbrl.morl.metrics import EvalProtocol
@@ -62,6 +70,8 @@ def build_configs(cfg: DictConfig) -> tuple[CMORLConfig | PGMORLConfig, tuple[st
         "objectives": objectives,
         "total_steps": int(cfg.total_steps),
         "workers": int(cfg.workers),
+        "parallel": str(cfg.parallel),
+        "ray_address": None if cfg.ray_address is None else str(cfg.ray_address),
         "seed": int(cfg.seed),
         "ppo": ppo,
         "protocol": protocol,
@@ -74,16 +84,66 @@ def build_configs(cfg: DictConfig) -> tuple[CMORLConfig | PGMORLConfig, tuple[st
     return PGMORLConfig(**common, **pg), names
 
 
+def _checkpoint_name() -> str:
+    from pbrl.loops.online import CHECKPOINT  # a heavy import (SB3): only when needed
+
+    return CHECKPOINT
+
+
+# Keys that choose how jobs run or where the labelling page is served, not what is computed:
+# a resume may change them.
+_EXECUTION_KEYS = ("workers", "parallel", "ray_address", "human")
+
+
+def check_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """Check ``resume`` against ``run_dir``, as ``pbrl-train`` does.
+
+    A resume needs a front run there with the same config (only how jobs are executed may
+    change); a fresh start needs a directory without a checkpoint.
+
+    Raises:
+        ResumeError: what is wrong and what to do instead.
+    """
+    saved = run_dir / "config.yaml"
+    if cfg.resume:
+        if not saved.exists():
+            raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
+        diff = [
+            d for d in _config_diff(OmegaConf.load(saved), cfg)
+            if d.split(":")[0].split(".")[0] not in _EXECUTION_KEYS
+        ]  # fmt: skip
+        if diff:
+            raise ResumeError(
+                "refusing to resume with a different config; differing keys:\n  "
+                + "\n  ".join(diff)
+                + f"\nResume with the run's own settings (pbrl-front {run_dir}) or start a new "
+                "run without resume=true (only workers, parallel, ray_address and human.* may "
+                "change)."
+            )
+    elif (run_dir / _checkpoint_name()).exists():
+        raise ResumeError(
+            f"{run_dir} already holds a front run; pass resume=true (or pbrl-front {run_dir}) "
+            "to continue it, or choose another hydra.run.dir"
+        )
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Run ``cfg`` into ``run_dir``; returns the final metrics."""
+    """Run (or, with ``resume=true``, continue) ``cfg`` in ``run_dir``; returns final metrics."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.select not in SELECT:
         raise ValueError(f"select must be one of {SELECT}, got {cfg.select!r}")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    torch.set_num_threads(1)
+    check_resume(cfg, run_dir)
     method_cfg, names = build_configs(cfg)
-    writer = SummaryWriter(str(run_dir))
+    if cfg.parallel == "ray":  # fail before the run directory is claimed
+        from pbrl.gpu.ray_sweep import _ray
+
+        _ray()
+    if cfg.select == "teacher":
+        check_teacher(cfg, names)
+    if not cfg.resume:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    torch.set_num_threads(1)
 
     def log(stage: str, step: int, scores: dict[str, float], archive: Archive) -> None:
         for k, v in scores.items():
@@ -104,16 +164,81 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         runner = CMORL(method_cfg, run_dir, log)
     else:
         runner = PGMORL(method_cfg, run_dir, log)
+    purge = None
+    if cfg.resume:
+        if runner.try_resume():
+            purge = runner.tb_step + 1  # drop events logged after the checkpoint
+        else:
+            print(f"no checkpoint in {run_dir} yet: starting it from the start", file=sys.stderr)
+    writer = SummaryWriter(str(run_dir), purge_step=purge)
     final = runner.run()
     runner.archive.save(run_dir / "front.json", names)
     final["eval_steps"] = runner.eval_steps
     final["objectives"] = list(names)
     if cfg.select == "teacher":
-        final["selection"] = _select(cfg, runner.archive, method_cfg, names, writer, run_dir)
+        final["selection"] = _select(
+            cfg, runner.archive, method_cfg, names, writer, run_dir, runner.env_steps
+        )
     writer.close()
     (run_dir / "history.json").write_text(json.dumps(runner.history, indent=1))
     (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
     return final
+
+
+def check_teacher(cfg: DictConfig, names: tuple[str, ...]) -> np.ndarray:
+    """Validate ``select=teacher`` settings before any training; returns the utility weights."""
+    m = len(names)
+    u = np.asarray(cfg.teacher_utility if cfg.teacher_utility is not None else [1.0 / m] * m)
+    if u.shape != (m,) or (u < 0).any():
+        raise ValueError(f"teacher_utility must be {m} non-negative weights, got {u.tolist()}")
+    if str(cfg.teacher) == "human":
+        if not str(cfg.env).startswith("pbrl:"):
+            raise ValueError(
+                f"select=teacher with teacher=human needs clips a person can watch, re-rendered "
+                f"from stored simulator state; {cfg.env} (MO-Gymnasium or the toy) reports no "
+                "sim_state. Use a pbrl task (env=pbrl:<task>) or a scripted teacher (oracle, "
+                "noisy, ...)"
+            )
+        missing = [m for m in ("fastapi", "uvicorn", "av") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(
+                f"teacher=human needs the labelling page's packages ({', '.join(missing)} "
+                "missing): pip install 'pbrl[human]'"
+            )
+    return u
+
+
+def _make_teacher(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[Any, Callable[[], None]]:
+    """The selection's teacher and what closes it.
+
+    ``teacher=human`` serves the labelling page over ``run_dir/feedback.sqlite`` (tokens and
+    clip cache in ``run_dir/human``), rendering clips of the ``pbrl:<task>`` env from the
+    stored sim state; it waits for every answer (``human.timeout`` seconds at most).
+    """
+    from pbrl.morl.select import StoringTeacher
+    from pbrl.teachers import make_teacher
+
+    if str(cfg.teacher) != "human":
+        return make_teacher(str(cfg.teacher), seed=int(cfg.seed)), lambda: None
+    from pbrl.store import FeedbackStore
+
+    store_path = run_dir / "feedback.sqlite"
+    store = FeedbackStore(store_path)
+    try:
+        human = make_teacher(
+            "human", seed=int(cfg.seed), store=store_path, state_dir=run_dir / "human",
+            env_name=str(cfg.env)[len("pbrl:"):], mode="wait", **_container(cfg.human),
+        )  # fmt: skip
+    except BaseException:
+        store.close()
+        raise
+    print(human.banner(), flush=True)  # type: ignore[attr-defined]
+
+    def close() -> None:
+        human.close()  # type: ignore[attr-defined]
+        store.close()
+
+    return StoringTeacher(human, store, step=steps), close
 
 
 def _select(
@@ -123,26 +248,23 @@ def _select(
     names: tuple[str, ...],
     writer: SummaryWriter,
     run_dir: Path,
+    steps: int,
 ) -> dict[str, Any]:
     from pbrl.morl.select import select_by_teacher
-    from pbrl.teachers import make_teacher
 
-    m = len(names)
-    u = np.asarray(cfg.teacher_utility if cfg.teacher_utility is not None else [1.0 / m] * m)
-    if u.shape != (m,) or (u < 0).any():
-        raise ValueError(f"teacher_utility must be {m} non-negative weights, got {u.tolist()}")
-    if str(cfg.teacher) == "human":
-        raise ValueError(
-            "select=teacher with teacher=human is not supported yet (front clips carry no "
-            "simulator state to render); use a scripted teacher (oracle, noisy, ...)"
-        )
-    teacher = make_teacher(str(cfg.teacher), seed=int(cfg.seed))
+    u = check_teacher(cfg, names)
     front = archive.front()
     job_cfg = method_cfg if isinstance(method_cfg, CMORLConfig) else method_cfg.job_config()
-    idx, res = select_by_teacher(
-        front, eval_env_factory(job_cfg), teacher, u, names,
-        clip_length=int(cfg.clip_length), seed=int(cfg.seed), env_name=str(cfg.env),
-    )  # fmt: skip
+    env = str(cfg.env)
+    teacher, close = _make_teacher(cfg, run_dir, steps)
+    try:
+        idx, res = select_by_teacher(
+            front, eval_env_factory(job_cfg), teacher, u, names,
+            clip_length=int(cfg.clip_length), seed=int(cfg.seed),
+            env_name=env[len("pbrl:"):] if env.startswith("pbrl:") else env,
+        )  # fmt: skip
+    finally:
+        close()
     utilities = archive.points(front) @ u
     chosen = front[idx]
     out = {
@@ -153,11 +275,12 @@ def _select(
         "best_utility": float(utilities.max()),
         "regret": float(utilities.max() - utilities[idx]),
         "queries": res.queries,
+        "coin_flips": res.coin_flips,
         "teacher": str(cfg.teacher),
         "teacher_utility": u.tolist(),
         "matches": [
-            {"first": front[a].id, "second": front[b].id, "winner": front[w].id}
-            for a, b, w in res.matches
+            {"query_id": q, "first": front[a].id, "second": front[b].id, "winner": front[w].id}
+            for (a, b, w), q in zip(res.matches, res.query_ids, strict=True)
         ],
     }
     (run_dir / "selection.json").write_text(json.dumps(out, indent=1))
@@ -175,18 +298,79 @@ def _select(
     return out
 
 
+def _is_front_run(path: Path) -> bool:
+    cfg = path / "config.yaml"
+    if not (path.is_dir() and cfg.exists()):
+        return False
+    saved = yaml.safe_load(cfg.read_text()) or {}
+    return saved.get("method") in METHODS and "cmorl" in saved
+
+
+def latest_front_run(root: Path = RUNS) -> Path | None:
+    """The most recently checkpointed (or started) ``pbrl-front`` run under ``root``."""
+    runs = [p for p in [*root.glob("*"), *root.glob("sweep-*/*")] if _is_front_run(p)]
+    if not runs:
+        return None
+
+    def stamp(p: Path) -> float:
+        meta = p / _checkpoint_name() / "meta.json"
+        return (meta if meta.exists() else p / "config.yaml").stat().st_mtime
+
+    return max(runs, key=stamp)
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Turn the resume forms into Hydra overrides, as :func:`pbrl.cli.prepare_argv` does.
+
+    ``pbrl-front <run dir> [overrides]`` continues that run with its own overrides;
+    ``pbrl-front resume=true`` continues the latest front run under ``runs/``.
+    """
+    positional = [a for a in argv if not a.startswith("-") and "=" not in a]
+    rest = [a for a in argv if a not in positional]
+    if positional:
+        if len(positional) > 1:
+            raise ResumeError(f"give at most one run directory, got {positional}")
+        run_dir = Path(positional[0])
+        if not _is_front_run(run_dir):
+            raise ResumeError(
+                f"{run_dir} is not a pbrl-front run directory (no front config.yaml in it); "
+                "pass overrides as key=value, or the directory of an earlier front run to resume it"
+            )
+        return _resume_args(run_dir, rest)
+    if "resume=true" not in argv:
+        return argv
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        run_dir = latest_front_run()
+        if run_dir is None:
+            raise ResumeError(f"resume=true but there is no front run under {RUNS.resolve()}")
+        argv = [*argv, f"hydra.run.dir={run_dir}"]
+    return [*argv, _RESUME_OUTPUT]
+
+
 @hydra.main(config_path="../configs/front", config_name="front", version_base="1.3")
 def _main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not cfg.resume and not (run_dir / OVERRIDES).exists():
+        task = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.")]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / OVERRIDES).write_text(yaml.safe_dump(list(task)))
+    print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir})", flush=True)
     try:
-        final = run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ValueError, ImportError) as err:
+        final = run(cfg, run_dir)
+    except (ValueError, ImportError, ResumeError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     return float(final["hv"])
 
 
 def main() -> None:
-    """Console entry point ``pbrl-front``."""
+    """Console entry point ``pbrl-front`` (``pbrl-front <run dir>`` resumes a run)."""
+    try:
+        argv = prepare_argv(sys.argv[1:])
+    except ResumeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *argv]
     _main()
 
 

@@ -35,9 +35,11 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import random
+import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ from pbrl.morl.metrics import (
 from pbrl.morl.ppo import MOPPO, MOPPOConfig, evaluate_policy
 
 BARRIERS = ("paper", "code")
+PARALLEL = ("process", "ray")
 
 
 def extended_log(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -181,11 +184,15 @@ class CMORLConfig:
     eval_interval: int = 10
     buffer_size: int = 200
     workers: int = 1
+    parallel: str = "process"  # process | ray (run_jobs)
+    ray_address: str | None = None  # parallel=ray: a running cluster (None: a local instance)
     seed: int = 0
     ppo: MOPPOConfig = field(default_factory=MOPPOConfig)
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
 
     def __post_init__(self) -> None:
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.barrier not in BARRIERS:
             raise ValueError(f"barrier must be one of {BARRIERS}, got {self.barrier!r}")
         if not 0 < self.beta < 1:
@@ -309,13 +316,72 @@ def run_job(job: Job) -> JobResult:
     return JobResult(saved, learner.env_steps, eval_steps, time.time() - t0, stats, start_return)
 
 
-def run_jobs(jobs: Sequence[Job], workers: int) -> list[JobResult]:
-    """Run ``jobs`` serially (``workers <= 1``) or in ``workers`` spawned processes."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_job(j) for j in jobs]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        return list(pool.map(run_job, jobs))
+def _ray_backend(address: str | None, workers: int) -> Any:
+    """Ray, initialised (``address``: a cluster; ``None``: a local instance of ``workers`` CPUs)."""
+    from pbrl.gpu.ray_sweep import _ray
+
+    ray = _ray()  # ImportError naming the extra: pip install 'pbrl[ray]'
+    if not ray.is_initialized():
+        local_cpus = workers if address is None and workers > 1 else None
+        ray.init(address=address, num_cpus=local_cpus, include_dashboard=False, log_to_driver=True)
+    return ray
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    workers: int,
+    parallel: str = "process",
+    done: dict[int, JobResult] | None = None,
+    on_result: Callable[[int, JobResult], None] | None = None,
+    ray_address: str | None = None,
+) -> list[JobResult]:
+    """Run ``jobs``; returns their results in job order.
+
+    Jobs are pure functions of their :class:`Job` (and the parent checkpoint it names), so the
+    backend does not change a result: ``parallel="process"`` runs them in this process
+    (``workers <= 1``) or in ``workers`` spawned processes, ``parallel="ray"`` as Ray tasks of
+    one CPU each (on the cluster at ``ray_address``, else a local instance of ``workers`` CPUs
+    unless Ray is initialised already).
+
+    Args:
+        jobs: the round's jobs.
+        workers: parallel processes (``process``) or local Ray CPUs (``ray``).
+        parallel: ``"process"`` or ``"ray"``.
+        done: results of jobs that finished before (a resumed round); they are not rerun.
+        on_result: called in this process as ``on_result(index, result)`` when a job ends.
+        ray_address: a running Ray cluster (``"auto"`` finds it); ``None``: see above.
+
+    Raises:
+        ImportError: ``parallel="ray"`` without Ray installed (the message names the extra).
+    """
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {PARALLEL}, got {parallel!r}")
+    results: dict[int, JobResult] = dict(done or {})
+    todo = [i for i in range(len(jobs)) if i not in results]
+
+    def finish(i: int, r: JobResult) -> None:
+        results[i] = r
+        if on_result is not None:
+            on_result(i, r)
+
+    if parallel == "ray" and todo:
+        ray = _ray_backend(ray_address, workers)
+        remote = ray.remote(num_cpus=1)(run_job)
+        pending = {remote.remote(jobs[i]): i for i in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                finish(pending.pop(ref), ray.get(ref))
+    elif workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            finish(i, run_job(jobs[i]))
+    elif todo:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = {pool.submit(run_job, jobs[i]): i for i in todo}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+    return [results[i] for i in range(len(jobs))]
 
 
 # --- archive -----------------------------------------------------------------------------------
@@ -404,47 +470,205 @@ class Archive:
 Logger = Callable[[str, int, dict[str, float], Archive], None]
 
 
-class CMORL:
+@dataclass
+class RoundPlan:
+    """A round whose jobs are fixed: its stage name, jobs, and the results already in."""
+
+    stage: str
+    jobs: list[Job]
+    done: dict[int, JobResult] = field(default_factory=dict)
+
+
+class RoundLoop:
+    """Rounds of parallel jobs with a checkpoint after every planned round and finished job.
+
+    A subclass plans round ``k`` in :meth:`plan_round` (``None``: the budget is spent) and
+    folds its results into the archive in :meth:`_record`. The checkpoint
+    (:func:`pbrl.loops.online.write_checkpoint`, ``out_dir/checkpoint/``) holds the archive
+    with every policy's vector return and file, the step counters, the history, the round
+    counter, the planned round with the results of its finished jobs, the global RNG states,
+    the TensorBoard step, and :meth:`extra_state`. A job is the unit of work: one killed
+    mid-way is rerun from its start, which gives the same result bit for bit (a job is a pure
+    function of its :class:`Job` and its parent's saved file). A finished job's policy state
+    lives in its ``policies/*.pt`` files; its optimiser ends with it (every job starts a fresh
+    Adam, C-MORL's stage 2 and our PGMORL alike).
+    """
+
+    job_cfg: CMORLConfig  # workers, parallel backend, evaluator
+    archive: Archive
+
+    def __init__(self, out_dir: str | Path, log: Logger | None):
+        self.out_dir = Path(out_dir)
+        self.policy_dir = self.out_dir / "policies"
+        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.env_steps = 0
+        self.eval_steps = 0
+        self.history: list[dict[str, Any]] = []
+        self.rounds_done = 0
+        self.plan: RoundPlan | None = None
+        self.tb_step = -1  # the last step logged through ``log`` (-1: none)
+        self._t0 = time.time()
+
+    # --- the loop --------------------------------------------------------------------------
+    def plan_round(self, k: int) -> RoundPlan | None:
+        """Round ``k``'s stage and jobs, or ``None`` when the run is over."""
+        raise NotImplementedError
+
+    def _record(self, stage: str, results: Sequence[JobResult], jobs: Sequence[Job]) -> None:
+        raise NotImplementedError
+
+    def _score(self, stage: str) -> dict[str, float]:
+        """Score the front, append a history row, log it and save ``front.json``."""
+        scores = score_front(self.archive.points(self.archive.front()), self.job_cfg.protocol)
+        self.history.append(
+            {"stage": stage, "env_steps": self.env_steps, "eval_steps": self.eval_steps,
+             "seconds": time.time() - self._t0, **scores}
+        )  # fmt: skip
+        if self.log is not None:
+            self.log(stage, self.env_steps, scores, self.archive)
+            self.tb_step = self.env_steps
+        self.archive.save(self.out_dir / "front.json")
+        return scores
+
+    def _job_done(self, i: int, result: JobResult) -> None:
+        assert self.plan is not None
+        self.plan.done[i] = result
+        self.save_checkpoint()
+
+    def run_rounds(self) -> None:
+        """Plan, run and record rounds until :meth:`plan_round` says the run is over."""
+        while True:
+            if self.plan is None:
+                self.plan = self.plan_round(self.rounds_done)
+                if self.plan is None:
+                    break
+                self.save_checkpoint()
+            plan = self.plan
+            jc = self.job_cfg
+            results = run_jobs(
+                plan.jobs, jc.workers, jc.parallel, done=plan.done, on_result=self._job_done,
+                ray_address=jc.ray_address,
+            )  # fmt: skip
+            self._record(plan.stage, results, plan.jobs)
+            self.plan = None
+            self.rounds_done += 1
+            self.save_checkpoint()
+
+    def summary(self) -> dict[str, Any]:
+        """Final scores, budgets and the front (ids and returns)."""
+        front = self.archive.front()
+        out = dict(self.history[-1]) if self.history else {}
+        out.update(
+            {
+                "front_ids": [p.id for p in front],
+                "front_returns": [p.returns for p in front],
+                "policies": len(self.archive.policies),
+            }
+        )
+        return out
+
+    # --- checkpoint / resume -------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """A subclass's own state (default: none)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the run bit for bit (see the class docstring)."""
+        return {
+            "archive": {
+                "policies": [asdict(p) for p in self.archive.policies],
+                "selected": sorted(self.archive.selected),
+            },
+            "env_steps": self.env_steps,
+            "eval_steps": self.eval_steps,
+            "history": self.history,
+            "rounds_done": self.rounds_done,
+            "plan": self.plan,
+            "tb_step": self.tb_step,
+            "seconds": time.time() - self._t0,
+            "rng": {
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "python": random.getstate(),
+            },
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict` on a loop built from the same config."""
+        self.archive.policies = [FrontPolicy(**p) for p in state["archive"]["policies"]]
+        self.archive.selected = set(state["archive"]["selected"])
+        self.env_steps = int(state["env_steps"])
+        self.eval_steps = int(state["eval_steps"])
+        self.history = list(state["history"])
+        self.rounds_done = int(state["rounds_done"])
+        self.plan = state["plan"]
+        self.tb_step = int(state["tb_step"])
+        self._t0 = time.time() - float(state["seconds"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        self.load_extra_state(state["extra"])
+
+    def save_checkpoint(self) -> Path:
+        """Atomically replace ``out_dir/checkpoint/``.
+
+        Its ``meta.json`` step counts the training steps spent, the finished jobs of the
+        current round included.
+        """
+        from pbrl.loops.online import write_checkpoint
+
+        step = self.env_steps
+        if self.plan is not None:
+            step += sum(r.env_steps for r in self.plan.done.values())
+        return write_checkpoint(self.out_dir, self.state_dict(), step)
+
+    def try_resume(self) -> bool:
+        """Load ``out_dir``'s checkpoint if there is one; True if resumed."""
+        from pbrl.loops.online import read_checkpoint
+
+        state = read_checkpoint(self.out_dir)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        pending = "" if self.plan is None else (
+            f", round {self.plan.stage!r} with {len(self.plan.done)}/{len(self.plan.jobs)} "
+            "jobs done"
+        )  # fmt: skip
+        print(
+            f"resumed {self.out_dir} after {self.rounds_done} rounds at {self.env_steps:,} "
+            f"steps{pending}",
+            file=sys.stderr,
+        )
+        return True
+
+
+class CMORL(RoundLoop):
     """The two-stage C-MORL loop (the module docstring gives the algorithm).
 
     Args:
         cfg: settings.
-        out_dir: where checkpoints (``policies/``) and ``front.json`` go.
+        out_dir: where checkpoints (``policies/``, ``checkpoint/``) and ``front.json`` go.
         log: called after stage 1 and after every extension round with
             ``(stage, env_steps, scores, archive)``; ``scores`` has ``hv``, ``eu``,
             ``sparsity``, ``cardinality``.
     """
 
     def __init__(self, cfg: CMORLConfig, out_dir: str | Path, log: Logger | None = None):
-        self.cfg = cfg
-        self.out_dir = Path(out_dir)
-        self.policy_dir = self.out_dir / "policies"
-        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(out_dir, log)
+        self.cfg = self.job_cfg = cfg
         self.archive = Archive(cfg.protocol.ref_point, cfg.buffer_size)
-        self.log = log
-        self.env_steps = 0
-        self.eval_steps = 0
-        self.history: list[dict[str, Any]] = []
-        self._t0 = time.time()
 
-    def _record(self, stage: str, results: Sequence[JobResult]) -> dict[str, float]:
+    def _record(self, stage: str, results: Sequence[JobResult], jobs: Sequence[Job]) -> None:
         for r in results:
             self.archive.add(r.policies)
             self.env_steps += r.env_steps
             self.eval_steps += r.eval_steps
-        scores = score_front(self.archive.points(self.archive.front()), self.cfg.protocol)
-        row = {
-            "stage": stage,
-            "env_steps": self.env_steps,
-            "eval_steps": self.eval_steps,
-            "seconds": time.time() - self._t0,
-            **scores,
-        }
-        self.history.append(row)
-        if self.log is not None:
-            self.log(stage, self.env_steps, scores, self.archive)
-        self.archive.save(self.out_dir / "front.json")
-        return scores
+        self._score(stage)
 
     def initial_jobs(self) -> list[Job]:
         """Stage 1: one job per simplex weight, sharing ``init_steps`` equally."""
@@ -503,27 +727,14 @@ class CMORL:
                 )
         return jobs
 
-    def run(self) -> dict[str, Any]:
-        """Run both stages; returns the final scores, step counts and the front."""
-        self._record("init", run_jobs(self.initial_jobs(), self.cfg.workers))
-        round_idx = 0
-        while True:
-            jobs = self.extension_jobs(round_idx)
-            if not jobs:
-                break
-            self._record(f"extend{round_idx}", run_jobs(jobs, self.cfg.workers))
-            round_idx += 1
-        return self.summary()
+    def plan_round(self, k: int) -> RoundPlan | None:
+        """Round 0: stage 1; round ``k >= 1``: extension round ``k - 1``."""
+        if k == 0:
+            return RoundPlan("init", self.initial_jobs())
+        jobs = self.extension_jobs(k - 1)
+        return RoundPlan(f"extend{k - 1}", jobs) if jobs else None
 
-    def summary(self) -> dict[str, Any]:
-        """Final scores, budgets and the front (ids and returns)."""
-        front = self.archive.front()
-        out = dict(self.history[-1]) if self.history else {}
-        out.update(
-            {
-                "front_ids": [p.id for p in front],
-                "front_returns": [p.returns for p in front],
-                "policies": len(self.archive.policies),
-            }
-        )
-        return out
+    def run(self) -> dict[str, Any]:
+        """Run both stages (from the loaded checkpoint, if any); returns the final summary."""
+        self.run_rounds()
+        return self.summary()

@@ -217,6 +217,7 @@ class MOVectorEnv:
         self.single_action_space = self.envs[0].action_space
         self.num_objectives = num_objectives(self.envs[0])
         self._seed = int(seed)
+        self.infos: list[dict[str, Any]] = [{} for _ in self.envs]  # each copy's last step info
         self._low = np.asarray(self.single_action_space.low, np.float64)  # type: ignore[attr-defined]
         self._high = np.asarray(self.single_action_space.high, np.float64)  # type: ignore[attr-defined]
 
@@ -236,11 +237,12 @@ class MOVectorEnv:
             ``obs (n, D_o)`` (the first observation of the next episode where one ended),
             ``rewards (n, m)``, ``terminated (n,)``, ``truncated (n,)`` and
             ``final_obs``: env index -> last observation of each episode that ended.
+            Each copy's step ``info`` (before any reset) is kept in :attr:`infos`.
         """
         obs, rew, term, trunc, final = [], [], [], [], {}
         actions = np.clip(np.asarray(actions, np.float64), self._low, self._high)
         for i, e in enumerate(self.envs):
-            o, r, te, tr, _ = e.step(actions[i])
+            o, r, te, tr, self.infos[i] = e.step(actions[i])
             if te or tr:
                 final[i] = np.asarray(o, np.float32)
                 o, _ = e.reset()

@@ -28,7 +28,6 @@ per task), and sectors for 3+ objectives on a direction grid instead of equal so
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +36,17 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from pbrl.morl.cmorl import Archive, CMORLConfig, FrontPolicy, Job, JobResult, Logger, run_jobs
-from pbrl.morl.metrics import EvalProtocol, hypervolume, non_dominated, score_front, simplex_grid
+from pbrl.morl.cmorl import (
+    Archive,
+    CMORLConfig,
+    FrontPolicy,
+    Job,
+    JobResult,
+    Logger,
+    RoundLoop,
+    RoundPlan,
+)
+from pbrl.morl.metrics import EvalProtocol, hypervolume, non_dominated, simplex_grid
 from pbrl.morl.metrics import sparsity as sparsity_of
 from pbrl.morl.ppo import MOPPOConfig
 
@@ -60,6 +68,8 @@ class PGMORLConfig:
     performance_buffer_size: int = 2
     origin: tuple[float, ...] | None = None  # None: the protocol's reference point
     workers: int = 1
+    parallel: str = "process"  # process | ray (pbrl.morl.cmorl.run_jobs)
+    ray_address: str | None = None
     seed: int = 0
     ppo: MOPPOConfig = field(default_factory=MOPPOConfig)
     protocol: EvalProtocol = field(default_factory=EvalProtocol)
@@ -68,8 +78,9 @@ class PGMORLConfig:
         """The job settings shared with C-MORL (env, PPO, evaluator)."""
         return CMORLConfig(
             env=self.env, env_max_steps=self.env_max_steps, objectives=self.objectives,
-            total_steps=self.total_steps, init_steps=0, workers=self.workers, seed=self.seed,
-            ppo=self.ppo, protocol=self.protocol,
+            total_steps=self.total_steps, init_steps=0, workers=self.workers,
+            parallel=self.parallel, ray_address=self.ray_address, seed=self.seed, ppo=self.ppo,
+            protocol=self.protocol,
         )  # fmt: skip
 
 
@@ -111,27 +122,25 @@ def fit_improvement(samples: Sequence[Sample], anchor: np.ndarray, j: int) -> np
     return p
 
 
-class PGMORL:
-    """The PGMORL loop on the shared jobs, archive and evaluator (module docstring)."""
+class PGMORL(RoundLoop):
+    """The PGMORL loop on the shared jobs, archive, evaluator and checkpoints (module docstring).
+
+    Round 0 is the warm-up, round ``k >= 1`` evolution stage ``k - 1``; the checkpoint adds
+    the prediction samples, the population and the task-selection generator to
+    :class:`~pbrl.morl.cmorl.RoundLoop`'s.
+    """
 
     def __init__(self, cfg: PGMORLConfig, out_dir: str | Path, log: Logger | None = None):
+        super().__init__(out_dir, log)
         self.cfg = cfg
         self.job_cfg = cfg.job_config()
-        self.out_dir = Path(out_dir)
-        self.policy_dir = self.out_dir / "policies"
-        self.policy_dir.mkdir(parents=True, exist_ok=True)
         self.archive = Archive(cfg.protocol.ref_point, buffer_size=10**9)
         self.samples: list[Sample] = []
         self.origin = np.asarray(
             cfg.origin if cfg.origin is not None else cfg.protocol.ref_point, np.float64
         )
         self.population: list[FrontPolicy] = []
-        self.log = log
-        self.env_steps = 0
-        self.eval_steps = 0
-        self.history: list[dict[str, Any]] = []
         self.rng = np.random.default_rng(cfg.seed)
-        self._t0 = time.time()
 
     # --- bookkeeping --------------------------------------------------------------------
     def _record(self, stage: str, results: Sequence[JobResult], jobs: Sequence[Job]) -> None:
@@ -147,14 +156,21 @@ class PGMORL:
                     )
                 )
         self.population = self.performance_buffer()
-        scores = score_front(self.archive.points(self.archive.front()), self.cfg.protocol)
-        self.history.append(
-            {"stage": stage, "env_steps": self.env_steps, "eval_steps": self.eval_steps,
-             "seconds": time.time() - self._t0, **scores}
-        )  # fmt: skip
-        if self.log is not None:
-            self.log(stage, self.env_steps, scores, self.archive)
-        self.archive.save(self.out_dir / "front.json")
+        self._score(stage)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Samples, population (ids) and the task-selection generator."""
+        return {
+            "samples": [(s.weight, s.before, s.after) for s in self.samples],
+            "population": [p.id for p in self.population],
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`extra_state` (after the archive is loaded)."""
+        self.samples = [Sample(*s) for s in state["samples"]]
+        self.population = [self.archive.policies[i] for i in state["population"]]
+        self.rng.bit_generator.state = state["rng"]
 
     def performance_buffer(self) -> list[FrontPolicy]:
         """PGMORL's population: the farthest policies from ``origin`` per sector."""
@@ -223,63 +239,60 @@ class PGMORL:
         return chosen
 
     # --- the loop ------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Warm-up, then evolution stages until ``total_steps``; returns the final summary."""
+    def plan_round(self, k: int) -> RoundPlan | None:
+        """Round 0: the warm-up; round ``k >= 1``: evolution stage ``k - 1`` (``None``: done)."""
         cfg, jc = self.cfg, self.job_cfg
         batch = cfg.ppo.batch_size
         weights = simplex_grid(cfg.protocol.num_objectives, cfg.delta_weight)
-        warm = min(cfg.warmup_iterations, cfg.total_steps // (len(weights) * batch))
-        if warm < 1:
-            raise ValueError(
-                f"total_steps={cfg.total_steps} cannot pay one PPO iteration ({batch} steps) for "
-                f"each of {len(weights)} warm-up weights"
-            )
-        jobs = [
-            Job(
-                "train",
-                jc,
-                str(self.policy_dir),
-                f"warm-w{i}",
-                cfg.seed * 1000 + i,
-                warm,
-                w.tolist(),
-                warm,
-                eval_at_start=True,
-            )  # fmt: skip
-            for i, w in enumerate(weights)
-        ]
-        self._record("warmup", run_jobs(jobs, cfg.workers), jobs)
-        stage = 0
-        while True:
-            left = cfg.total_steps - self.env_steps
-            iters = min(cfg.evolutionary_iterations, left // (len(weights) * batch))
-            if iters < 1:
-                break
-            tasks = self.select_tasks()
+        if k == 0:
+            warm = min(cfg.warmup_iterations, cfg.total_steps // (len(weights) * batch))
+            if warm < 1:
+                raise ValueError(
+                    f"total_steps={cfg.total_steps} cannot pay one PPO iteration ({batch} steps) "
+                    f"for each of {len(weights)} warm-up weights"
+                )
             jobs = [
                 Job(
                     "train",
                     jc,
                     str(self.policy_dir),
-                    f"evo{stage}-t{i}-p{p.id}",
-                    cfg.seed * 1000 + 100 * (stage + 1) + i,
-                    iters,
+                    f"warm-w{i}",
+                    cfg.seed * 1000 + i,
+                    warm,
                     w.tolist(),
-                    iters,
-                    parent=p,
-                    start_steps=p.env_steps,
+                    warm,
+                    eval_at_start=True,
                 )  # fmt: skip
-                for i, (p, w) in enumerate(tasks)
+                for i, w in enumerate(weights)
             ]
-            self._record(f"evolution{stage}", run_jobs(jobs, cfg.workers), jobs)
-            stage += 1
-        front = self.archive.front()
-        out = dict(self.history[-1])
-        out.update(
-            {
-                "front_ids": [p.id for p in front],
-                "front_returns": [p.returns for p in front],
-                "policies": len(self.archive.policies),
-            }
-        )
-        return out
+            return RoundPlan("warmup", jobs)
+        stage = k - 1
+        left = cfg.total_steps - self.env_steps
+        iters = min(cfg.evolutionary_iterations, left // (len(weights) * batch))
+        if iters < 1:
+            return None
+        tasks = self.select_tasks()
+        jobs = [
+            Job(
+                "train",
+                jc,
+                str(self.policy_dir),
+                f"evo{stage}-t{i}-p{p.id}",
+                cfg.seed * 1000 + 100 * (stage + 1) + i,
+                iters,
+                w.tolist(),
+                iters,
+                parent=p,
+                start_steps=p.env_steps,
+            )  # fmt: skip
+            for i, (p, w) in enumerate(tasks)
+        ]
+        return RoundPlan(f"evolution{stage}", jobs)
+
+    def run(self) -> dict[str, Any]:
+        """Warm-up, then evolution stages until ``total_steps``; returns the final summary.
+
+        Starts from the loaded checkpoint, if any (:meth:`RoundLoop.try_resume`).
+        """
+        self.run_rounds()
+        return self.summary()

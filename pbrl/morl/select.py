@@ -2,26 +2,50 @@
 
 Each front policy plays one deterministic clip (``clip_length`` steps from a shared start
 seed). A single-elimination tournament asks the teacher about pairs of clips, one round per
-:class:`~pbrl.data.QueryBatch`, until one policy is left: ``n - 1`` queries for ``n``
-policies. A scripted teacher answers from a hidden utility ``u . r_t`` of the vector reward
-(its ``true_reward``); the objectives are also passed as named ``reward_factors``. Ties and
-skips are settled by a coin from the caller's generator.
+:class:`~pbrl.data.QueryBatch` (ids ``select-r<round>-<match>``), until one policy is left:
+``n - 1`` queries for ``n`` policies. A scripted teacher answers from a hidden utility
+``u . r_t`` of the vector reward (its ``true_reward``); the objectives are also passed as
+named ``reward_factors``. Answers are matched to queries by id; several answers to one query
+(people) are a majority vote, and ties, skips, ``equal`` and unanswered queries are settled by
+a coin from the caller's generator.
+
+For :mod:`pbrl.envs` tasks (``pbrl:<task>``) the clips keep every step's ``sim_state``, so a
+person can judge them as videos on the labelling page: :class:`StoringTeacher` puts each
+round's queries into the feedback store the page serves before the human teacher is asked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from pbrl.data import Label, QueryBatch, SegmentBatch
+from pbrl.data import Feedback, Label, QueryBatch, SegmentBatch
 from pbrl.morl.cmorl import FrontPolicy
 from pbrl.morl.envs import MOVectorEnv
 from pbrl.morl.ppo import policy_from_state
 from pbrl.teachers.base import Teacher
+
+
+@dataclass
+class Clips:
+    """One clip per policy, zero-padded after an episode ends.
+
+    Attributes:
+        obs: ``(N, H, D_o)`` observations.
+        actions: ``(N, H, D_a)`` actions.
+        rewards: ``(N, H, m)`` vector rewards.
+        sim_state: ``(N, H, D_s)`` simulator state before each step (the last one repeated
+            after an episode ends), or ``None`` when the env does not report one.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    sim_state: np.ndarray | None
 
 
 def policy_clips(
@@ -29,16 +53,13 @@ def policy_clips(
     env_fn: Callable[[], Any],
     length: int,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clips of every policy from the same start (zero-padded after an episode ends).
-
-    Returns:
-        ``obs (N, H, D_o)``, ``actions (N, H, D_a)``, ``rewards (N, H, m)``.
-    """
-    obs_l, act_l, rew_l = [], [], []
+) -> Clips:
+    """Clips of every policy from the same start (see :class:`Clips`)."""
+    obs_l, act_l, rew_l, state_l = [], [], [], []
     for p in policies:
         pol = policy_from_state(torch.load(p.path, weights_only=False))
         venv = MOVectorEnv([env_fn], seed=seed)
+        states: list[np.ndarray] = []
         try:
             o = venv.reset(seed)
             obs = np.zeros((length, o.shape[1]), np.float32)
@@ -49,6 +70,8 @@ def policy_clips(
                 obs[t], act[t] = o[0], a[0]
                 o, r, term, trunc, _ = venv.step(a)
                 rew[t] = r[0]
+                if "sim_state" in venv.infos[0]:
+                    states.append(np.asarray(venv.infos[0]["sim_state"], np.float64))
                 if term[0] or trunc[0]:
                     break
         finally:
@@ -56,7 +79,10 @@ def policy_clips(
         obs_l.append(obs)
         act_l.append(act)
         rew_l.append(rew)
-    return np.stack(obs_l), np.stack(act_l), np.stack(rew_l)
+        if states:
+            state_l.append(np.stack(states + [states[-1]] * (length - len(states))))
+    sim_state = np.stack(state_l) if len(state_l) == len(policies) else None
+    return Clips(np.stack(obs_l), np.stack(act_l), np.stack(rew_l), sim_state)
 
 
 @dataclass
@@ -65,11 +91,22 @@ class TournamentResult:
 
     winner: int
     matches: list[tuple[int, int, int]]  # (first, second, winner)
+    coin_flips: int = 0  # matches settled by a coin (tie, skip, equal or no answer)
+    query_ids: list[str] = field(default_factory=list)
 
     @property
     def queries(self) -> int:
         """Queries asked (``n - 1``)."""
         return len(self.matches)
+
+
+def _vote(answers: Sequence[Feedback]) -> Label | None:
+    """FIRST or SECOND by majority of ``answers``; ``None`` for a tie or no clear answer."""
+    first = sum(f.label == Label.FIRST for f in answers)
+    second = sum(f.label == Label.SECOND for f in answers)
+    if first == second:
+        return None
+    return Label.FIRST if first > second else Label.SECOND
 
 
 def tournament(
@@ -78,23 +115,70 @@ def tournament(
     """Single-elimination tournament over the ``N`` clips of ``segments`` (random draw)."""
     alive = list(rng.permutation(len(segments)))
     matches: list[tuple[int, int, int]] = []
+    query_ids: list[str] = []
+    coins = 0
+    rnd = 0
     while len(alive) > 1:
         bye = [alive.pop()] if len(alive) % 2 else []
         first, second = alive[0::2], alive[1::2]
-        q = QueryBatch.from_members([segments[np.array(first)], segments[np.array(second)]])
-        fb = teacher.label(q)
+        ids = [f"select-r{rnd:02d}-{i:03d}" for i in range(len(first))]
+        q = QueryBatch.from_members(
+            [segments[np.array(first)], segments[np.array(second)]], ids=ids
+        )
+        answers: dict[str, list[Feedback]] = {}
+        for f in teacher.label(q):
+            answers.setdefault(f.query_id, []).append(f)
         nxt = []
-        for a, b, f in zip(first, second, fb, strict=True):
-            if f.label == Label.FIRST:
-                w = a
-            elif f.label == Label.SECOND:
-                w = b
-            else:
+        for a, b, qid in zip(first, second, ids, strict=True):
+            vote = _vote(answers.get(qid, []))
+            if vote is None:
+                coins += 1
                 w = a if rng.random() < 0.5 else b
+            else:
+                w = a if vote == Label.FIRST else b
             matches.append((int(a), int(b), int(w)))
             nxt.append(w)
+        query_ids += ids
         alive = nxt + bye
-    return TournamentResult(int(alive[0]), matches)
+        rnd += 1
+    return TournamentResult(int(alive[0]), matches, coins, query_ids)
+
+
+class StoringTeacher:
+    """A teacher whose queries are put into a feedback store before it answers.
+
+    The human teacher's labelling page serves queries from the store, so they must be there
+    first; the answers are stored too (a no-op for a human teacher's, which are committed by
+    its server). A query id already stored is kept, so a rerun of the same tournament reuses
+    the answers given before.
+
+    Args:
+        teacher: the teacher to ask.
+        store: a :class:`~pbrl.store.FeedbackStore` (or anything with ``add_queries`` and
+            ``add``).
+        step: recorded with the queries (e.g. the training steps the front cost).
+    """
+
+    def __init__(self, teacher: Teacher, store: Any, step: int = 0):
+        self.teacher = teacher
+        self.store = store
+        self.step = int(step)
+        self.teacher_id = getattr(teacher, "teacher_id", "teacher")
+
+    def label(self, queries: QueryBatch) -> list[Feedback]:
+        """Store ``queries``, ask the teacher, store and return its answers."""
+        self.store.add_queries(queries, step=self.step)
+        feedback = self.teacher.label(queries)
+        self.store.add(feedback)
+        return feedback
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped teacher's state."""
+        return self.teacher.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the wrapped teacher's state."""
+        self.teacher.load_state_dict(state)
 
 
 def select_by_teacher(
@@ -117,19 +201,22 @@ def select_by_teacher(
         objectives: objective names (the segments' ``reward_factors``).
         clip_length: steps per clip.
         seed: start seed of every clip and the tournament draw.
-        env_name: recorded in the segments.
+        env_name: recorded in the segments (the :mod:`pbrl.envs` name for clips that a
+            labelling page re-renders from their ``sim_state``).
     """
     if not policies:
         raise ValueError("select_by_teacher needs at least one policy")
     if len(policies) == 1:
         return 0, TournamentResult(0, [])
-    obs, act, rew = policy_clips(policies, env_fn, clip_length, seed)
+    clips = policy_clips(policies, env_fn, clip_length, seed)
+    rew = clips.rewards
     u = np.asarray(utility, np.float64)
     segs = SegmentBatch(
-        obs=obs,
-        actions=act,
+        obs=clips.obs,
+        actions=clips.actions,
         true_reward=(rew @ u).astype(np.float32),
         reward_factors={n: rew[:, :, j] for j, n in enumerate(objectives)},
+        sim_state=clips.sim_state,
         env_name=env_name,
     )
     res = tournament(segs, teacher, np.random.default_rng(seed))
