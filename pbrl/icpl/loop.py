@@ -26,7 +26,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
@@ -96,6 +96,10 @@ class ICPLLoop:
             raise ICPLError(f"unknown teacher {self.teacher_name!r}; valid: {', '.join(TEACHERS)}")
         if cfg.proxy_score not in PROXY_SCORES:
             raise ICPLError(f"proxy_score must be one of {PROXY_SCORES}, got {cfg.proxy_score!r}")
+        try:
+            parse_parallel(cfg.train.parallel)  # fail before paying for any LLM call
+        except ValueError as err:
+            raise ICPLError(str(err)) from err
         self.env_name = str(cfg.env.name)
         self.env_kwargs = dict(OmegaConf.to_container(cfg.env.get("kwargs") or {}, resolve=True))  # type: ignore[arg-type]
         self.context = env_context(self.env_name, self.env_kwargs)
@@ -207,7 +211,7 @@ class ICPLLoop:
             candidates[j].update(res)
         trained = [j for j in jobs if candidates[j]["status"] == "trained"]
         # 3. rank
-        ranking = self._rank(r, candidates, trained, rdir)
+        ranking = self._rank(r, candidates, trained, rdir, jobs)
         best = ranking[0] if ranking else None
         worst = ranking[-1] if ranking else None
         score_key = f"task_score_{self.cfg.proxy_score}"
@@ -296,8 +300,15 @@ class ICPLLoop:
                 flush=True,
             )
 
-        parallel = int(self.cfg.train.parallel)
-        if parallel <= 1 or len(todo) <= 1:
+        parallel = parse_parallel(self.cfg.train.parallel)
+        if parallel == "ray" and todo:
+            for j, res in zip(
+                todo,
+                ray_map(train_candidate, [specs[j] for j in todo], self.cfg.train.get("ray")),
+                strict=True,
+            ):
+                finish(j, res)
+        elif parallel <= 1 or len(todo) <= 1:
             for j in todo:
                 finish(j, train_candidate(specs[j]))
         else:
@@ -311,7 +322,12 @@ class ICPLLoop:
 
     # --- ranking --------------------------------------------------------------------------
     def _rank(
-        self, r: int, cands: list[dict[str, Any]], trained: list[int], rdir: Path
+        self,
+        r: int,
+        cands: list[dict[str, Any]],
+        trained: list[int],
+        rdir: Path,
+        jobs: list[int],
     ) -> list[int]:
         """Candidate indices, best first (only trained candidates take part)."""
         if not trained:
@@ -323,14 +339,18 @@ class ICPLLoop:
         if self.teacher_name == "proxy":
             key = f"task_score_{self.cfg.proxy_score}"
             return sorted(trained, key=lambda j: -float(cands[j][key]))
-        return self._rank_human(r, trained, rdir)
+        return self._rank_human(r, trained, rdir, jobs)
 
-    def _rank_human(self, r: int, trained: list[int], rdir: Path) -> list[int]:
-        """Put one ranking query of the trained candidates' clips on the labelling page."""
+    def _rank_human(self, r: int, trained: list[int], rdir: Path, jobs: list[int]) -> list[int]:
+        """Put one ranking query of the trained candidates' clips on the labelling page.
+
+        ``jobs``: the candidate index of each training, in order; training ``p`` wrote its clip
+        to ``c<p>.npz`` (``p`` counts runnable candidates, not all sampled answers).
+        """
         from pbrl.store import FeedbackStore
         from pbrl.teachers import make_teacher
 
-        clips = [dict(np.load(rdir / f"c{j}.npz")) for j in trained]
+        clips = [dict(np.load(rdir / f"c{jobs.index(j)}.npz")) for j in trained]
         h = min(len(c["obs"]) for c in clips)
         members = [
             SegmentBatch(
@@ -482,6 +502,51 @@ class ICPLLoop:
             self.store.close()
         if self.server is not None:
             self.server.stop()
+
+
+def parse_parallel(value: Any) -> int | str:
+    """``train.parallel``: a number of processes (``1``: in this process) or ``"ray"``."""
+    if isinstance(value, str) and value.strip().lower() == "ray":
+        return "ray"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"train.parallel must be a number of processes >= 1 or 'ray', got {value!r}"
+        )
+    return n
+
+
+def ray_map(
+    fn: Callable[[Any], Any], items: list[Any], ray_cfg: Mapping[str, Any] | None = None
+) -> list[Any]:
+    """``[fn(x) for x in items]`` as Ray tasks (one per item), results in order.
+
+    ``ray_cfg``: ``address`` (a running cluster, ``"auto"`` finds one; ``None`` starts a local
+    instance, or joins the one this process already started), ``num_cpus`` per task (default 1)
+    and ``num_gpus`` per task (default 0). Ray is the ``ray`` extra.
+    """
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            "train.parallel=ray needs ray, which is not installed; install it with "
+            "`pip install 'pbrl[ray]'` or use a number of processes (train.parallel=2)"
+        ) from err
+    cfg = dict(ray_cfg or {})
+    if not ray.is_initialized():
+        ray.init(
+            address=cfg.get("address"),
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+    task = ray.remote(
+        num_cpus=float(cfg.get("num_cpus", 1)), num_gpus=float(cfg.get("num_gpus", 0))
+    )(fn)
+    return list(ray.get([task.remote(x) for x in items]))
 
 
 def run(cfg: DictConfig, run_dir: str | Path, client: ChatClient | None = None) -> dict[str, Any]:

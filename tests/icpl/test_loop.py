@@ -205,3 +205,121 @@ def test_loop_with_the_bundled_local_model(tmp_path: Path) -> None:
             if c["status"] != "trained":
                 assert c["reason"] and c["error"]  # every failure names its reason
     assert len(list((tmp_path / "llm_cache").glob("*/*.json"))) >= 4
+
+
+def _compose(server: ChatServer, *extra: str):  # noqa: ANN202
+    from hydra import compose, initialize_config_dir
+
+    conf = REPO / "pbrl" / "configs" / "icpl"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose(
+            config_name="icpl",
+            overrides=[
+                "experiment=fast",
+                f"llm.base_url={server.base_url}",
+                "llm.model=scripted",
+                "llm.api_key_env=null",
+                "llm.backoff=0.01",
+                "llm.concurrency=1",
+                *extra,
+            ],
+        )
+
+
+def test_parallel_setting_is_checked_before_any_llm_call(
+    server: ChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pbrl.icpl.loop import ICPLError, ray_map
+
+    with pytest.raises(ICPLError, match="train.parallel must be a number of processes >= 1 or"):
+        run(_compose(server, "train.parallel=dask"), tmp_path / "bad")
+    assert not server.requests
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees without the extra
+    with pytest.raises(ImportError, match=r"pip install 'pbrl\[ray\]'"):
+        ray_map(abs, [1, -2])
+
+
+def test_a_person_ranks_the_clips(server: ChatServer, tmp_path: Path) -> None:
+    # teacher=human: each round's trained candidates go to the labelling page as one ranking
+    # query; a labeller (HTTP client) ranks them, and the round's best/worst follow that
+    # ranking — here the reverse of the proxy's task-score order.
+    pytest.importorskip("fastapi", reason="needs the human extra: pip install 'pbrl[human]'")
+    httpx = pytest.importorskip("httpx")
+    import threading
+    import time
+
+    from pbrl.icpl.loop import ICPLLoop
+    from pbrl.store import FeedbackStore
+
+    cfg = _compose(
+        server,
+        "teacher=human",
+        "teacher.port=0",
+        "teacher.clip_size=32",
+        "teacher.max_frames=10",
+        "teacher.render_workers=1",
+        "rounds=1",
+    )
+    loop = ICPLLoop(cfg, tmp_path / "run")
+    answered: list[dict] = []
+
+    def labeller() -> None:
+        deadline = time.monotonic() + 240
+        while loop.teacher is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        srv = loop.teacher.server  # type: ignore[union-attr]
+        token = srv.tokens.labellers()[0].token
+        with httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as c:
+            while time.monotonic() < deadline:
+                q = c.get("/api/next").json()["query"]
+                if q is None:
+                    time.sleep(0.05)
+                    continue
+                assert q["kind"] == "ranking"
+                # positions as shown, best first: the last shown clip is the best
+                order = list(range(len(q["clips"])))[::-1]
+                r = c.post(
+                    "/api/label", json={"query_id": q["id"], "choice": "rank", "ranking": order}
+                )
+                assert r.is_success, r.text
+                answered.append(q)
+                return
+
+    th = threading.Thread(target=labeller, daemon=True)
+    th.start()
+    try:
+        summary = loop.run()
+    finally:
+        loop.close()
+    th.join(timeout=5)
+    assert len(answered) == 1
+    r0 = json.loads((tmp_path / "run/rounds/r0/round.json").read_text())
+    trained = [j for j, c in enumerate(r0["candidates"]) if c["status"] == "trained"]
+    assert len(trained) == 2 and summary["rounds"][0]["trained"] == 2
+    with FeedbackStore(tmp_path / "run/feedback.sqlite") as store:
+        fbs = store.feedback()
+    assert len(fbs) == 1 and fbs[0].ranking is not None
+    ranked = [trained[i] for i in fbs[0].ranking]  # member indices, best first
+    assert (r0["best"], r0["worst"]) == (ranked[0], ranked[-1])
+
+
+@pytest.mark.slow  # starts Ray (~10 s on 2 cores)
+def test_ray_candidates_equal_the_serial_ones(server: ChatServer, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="needs ray: pip install 'pbrl[ray]'")
+    serial = run(_compose(server, "rounds=1"), tmp_path / "serial")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        par = run(_compose(server, "rounds=1", "train.parallel=ray"), tmp_path / "ray")
+    finally:
+        ray.shutdown()
+    a = json.loads((tmp_path / "serial/rounds/r0/round.json").read_text())
+    b = json.loads((tmp_path / "ray/rounds/r0/round.json").read_text())
+    # each candidate's training is a pure function of its spec (program, seed, budgets)
+    for x, y in zip(a["candidates"], b["candidates"], strict=True):
+        assert x["status"] == y["status"]
+        if x["status"] == "trained":
+            assert x["task_score_final"] == y["task_score_final"]
+            assert x["trace"] == y["trace"]
+    assert serial["best_task_score"] == par["best_task_score"]
