@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_throughput.py --task halfcheetah --device cpu --n 1 16 64 256
     python benchmarks/gpu_throughput.py --task hopper --device cuda --n 1024 4096 16384 --full-loop
+    python benchmarks/gpu_throughput.py --task franka_reach --device cpu --n 8 64
 
 Both sides step random actions for ``--seconds`` per setting after a warm-up:
 
@@ -12,7 +13,9 @@ Both sides step random actions for ``--seconds`` per setting after a warm-up:
 
 ``--full-loop`` also times the whole on-device PrefPPO iteration (rollout with segment-pool
 writes, learned reward on the device, GAE, PPO update) per env step. The results replace the
-``## GPU backend throughput (<device>)`` section of ``benchmarks/RESULTS.md``.
+``## GPU backend throughput (<device>)`` section of ``benchmarks/RESULTS.md`` (locomotion
+tasks) or ``## GPU backend throughput, <task> (<device>)`` (the Franka tasks, whose CPU side
+is the Franka suite env with the same control, ``ee`` by default, stepped ``N`` times).
 """
 
 from __future__ import annotations
@@ -126,7 +129,15 @@ def main() -> None:
         extra = f", full loop {f:,.0f}" if f is not None else ""
         print(f"N={n}: batched {b:,.0f} steps/s, cpu vector {c:,.0f} steps/s{extra}", flush=True)
 
+    from pbrl.gpu.sim import LOCOMOTION_TASKS
+
     dev = args.device
+    kind = "cuda" if dev.startswith("cuda") else "cpu"
+    section = (
+        f"GPU backend throughput ({kind})"
+        if args.task in LOCOMOTION_TASKS
+        else f"GPU backend throughput, {args.task} ({kind})"
+    )
     if dev.startswith("cuda"):
         machine = torch.cuda.get_device_name(torch.device(dev))
     else:
@@ -154,9 +165,7 @@ def main() -> None:
         + "\n".join(lines)
     )
     if not args.no_write:
-        write_section(
-            f"GPU backend throughput ({'cuda' if dev.startswith('cuda') else 'cpu'})", body
-        )
+        write_section(section, body)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 - :mod:`pbrl.gpu.sim`: :class:`~pbrl.gpu.sim.BatchedMujocoEnv`, ``N`` MuJoCo worlds stepped by
   MuJoCo Warp (CUDA, or Warp's CPU backend), observations/rewards/termination equal to the
   gymnasium v5 locomotion tasks, computed in torch on the same device (zero-copy views);
+- :mod:`pbrl.gpu.franka`: the Franka reach/push twins of the CPU suite on the batched backend
+  (end-effector IK batched in torch);
 - :mod:`pbrl.gpu.ppo`: a vectorised PPO in pure torch with device rollout storage, the
   learned reward evaluated on device, and a segment pool with sim states for queries;
 - :mod:`pbrl.gpu.loop`: the PrefPPO schedule (``agent=gpu_ppo``) around the two;

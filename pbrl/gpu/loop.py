@@ -117,6 +117,8 @@ class GpuPreferenceLoop:
             max_episode_steps=env_kwargs.get("max_episode_steps"),
             render_quality=env_kwargs.get("render_quality", "fast"),
             cuda_graph=bool(a.get("cuda_graph", True)),
+            # the Franka twins' options (the CPU suite's names); locomotion has none
+            **{k: env_kwargs[k] for k in ("control", "camera") if k in env_kwargs},
         )
         self.env_name = self.env.env_name  # the CPU twin: rendering, evaluation, labelling
         self.max_episode_steps = self.env.max_episode_steps

@@ -1,6 +1,7 @@
 """``N`` MuJoCo worlds on one device: MuJoCo Warp physics, torch observations and rewards.
 
-:class:`BatchedMujocoEnv` steps ``num_envs`` copies of a gymnasium v5 locomotion model with
+:class:`BatchedMujocoEnv` steps ``num_envs`` copies of a gymnasium v5 locomotion model (or of a
+Franka manipulation task, :mod:`pbrl.gpu.franka`) with
 `MuJoCo Warp <https://github.com/google-deepmind/mujoco_warp>`_ (CUDA kernels, or Warp's CPU
 backend) and computes observations, reward factors, termination and resets in torch on the
 simulator's own memory: ``warp.to_torch`` gives zero-copy views of the Warp arrays (the CUDA
@@ -27,6 +28,11 @@ the layout of ``mj_getState(mjSTATE_FULLPHYSICS)`` (time, qpos, qvel, act; the m
 history or plugin state), so :meth:`BatchedMujocoEnv.render_state` — the CPU renderer of
 :mod:`pbrl.envs.mujoco` — re-renders any stored step exactly as the CPU env of the same name
 renders that state.
+
+Franka tasks (:data:`FRANKA_TASKS`: ``franka_reach``, ``franka_push``): constructing
+``BatchedMujocoEnv("franka_reach", ...)`` returns a :class:`pbrl.gpu.franka.BatchedFrankaEnv`,
+the batched twin of :class:`pbrl.envs.franka.FrankaEnv` (same model, observations, control,
+reward factors, success flag, sim state with the mocap goal, renderer); see that module.
 """
 
 from __future__ import annotations
@@ -43,12 +49,16 @@ import numpy as np
 import torch
 from gymnasium.wrappers import TimeLimit
 
+from pbrl.envs import franka as franka_suite
 from pbrl.envs.base import check_render_quality, find_wrapper
 from pbrl.envs.mujoco import LOCOMOTION, MujocoRenderer
 
 __all__ = [
+    "FRANKA_TASKS",
+    "LOCOMOTION_TASKS",
     "TASKS",
     "BatchedMujocoEnv",
+    "FrankaTaskSpec",
     "TaskSpec",
     "make_batched",
     "state_layout",
@@ -101,7 +111,28 @@ class TaskSpec:
         return LOCOMOTION[self.cpu_name][1]
 
 
-TASKS: dict[str, TaskSpec] = {
+@dataclass(frozen=True)
+class FrankaTaskSpec:
+    """A Franka task of :mod:`pbrl.envs.franka` on the batched backend.
+
+    Attributes:
+        cpu_name: the pbrl registry name of the CPU env (``"franka_reach"``, ...).
+    """
+
+    cpu_name: str
+
+    @property
+    def task(self) -> str:
+        """The task key of :mod:`pbrl.envs.franka` (``"reach"``, ``"push"``)."""
+        return franka_suite.TASKS[self.cpu_name]
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        """Reward factor names, as the CPU env names them."""
+        return franka_suite.FACTORS[self.task]
+
+
+LOCOMOTION_TASKS: dict[str, TaskSpec] = {
     "halfcheetah": TaskSpec("halfcheetah", 0.1, "normal", 0.1, exclude=1),
     "hopper": TaskSpec(
         "hopper",
@@ -137,32 +168,57 @@ TASKS: dict[str, TaskSpec] = {
     ),
 }
 
-# Components of mjSTATE_FULLPHYSICS, in MuJoCo's order.
-_FULLPHYSICS_PARTS = (
-    ("time", mujoco.mjtState.mjSTATE_TIME),
-    ("qpos", mujoco.mjtState.mjSTATE_QPOS),
-    ("qvel", mujoco.mjtState.mjSTATE_QVEL),
-    ("act", mujoco.mjtState.mjSTATE_ACT),
-    ("history", mujoco.mjtState.mjSTATE_HISTORY),
-    ("plugin", mujoco.mjtState.mjSTATE_PLUGIN),
+FRANKA_TASKS: dict[str, FrankaTaskSpec] = {
+    name: FrankaTaskSpec(name) for name in ("franka_reach", "franka_push")
+}
+
+# Every batched task (``env=gpu_<name>``): the locomotion ones, then the Franka ones.
+TASKS: dict[str, TaskSpec | FrankaTaskSpec] = {**LOCOMOTION_TASKS, **FRANKA_TASKS}
+
+_S = mujoco.mjtState
+FULLPHYSICS = int(_S.mjSTATE_FULLPHYSICS)
+
+# Components of mj_getState, in MuJoCo's order (the order of the mjtState bits).
+_STATE_PARTS = (
+    ("time", _S.mjSTATE_TIME),
+    ("qpos", _S.mjSTATE_QPOS),
+    ("qvel", _S.mjSTATE_QVEL),
+    ("act", _S.mjSTATE_ACT),
+    ("history", _S.mjSTATE_HISTORY),
+    ("warmstart", _S.mjSTATE_WARMSTART),
+    ("ctrl", _S.mjSTATE_CTRL),
+    ("qfrc_applied", _S.mjSTATE_QFRC_APPLIED),
+    ("xfrc_applied", _S.mjSTATE_XFRC_APPLIED),
+    ("eq_active", _S.mjSTATE_EQ_ACTIVE),
+    ("mocap_pos", _S.mjSTATE_MOCAP_POS),
+    ("mocap_quat", _S.mjSTATE_MOCAP_QUAT),
+    ("userdata", _S.mjSTATE_USERDATA),
+    ("plugin", _S.mjSTATE_PLUGIN),
 )
+# The components the batched backend gathers from (and writes into) its worlds.
+_GATHERED = ("time", "qpos", "qvel", "act", "mocap_pos", "mocap_quat")
 
 
-def state_layout(model: mujoco.MjModel) -> list[tuple[str, int]]:
-    """``(component, size)`` of ``mj_getState(mjSTATE_FULLPHYSICS)`` for ``model``.
+def state_layout(model: mujoco.MjModel, sig: int = FULLPHYSICS) -> list[tuple[str, int]]:
+    """``(component, size)`` of ``mj_getState(sig)`` for ``model``, empty ones left out.
+
+    Args:
+        model: the model.
+        sig: an ``mjtState`` signature (``mjSTATE_FULLPHYSICS`` by default; the Franka tasks
+            add the mocap bodies' positions and orientations).
 
     Raises:
-        ValueError: the model has history (delays) or plugin state, which the batched
-            backend does not gather.
+        ValueError: the signature asks for state the batched backend does not gather (e.g.
+            history of delays, plugin state).
     """
-    layout = [(name, mujoco.mj_stateSize(model, bit)) for name, bit in _FULLPHYSICS_PARTS]
-    total = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    layout = [(name, mujoco.mj_stateSize(model, bit)) for name, bit in _STATE_PARTS if sig & bit]
+    total = mujoco.mj_stateSize(model, sig)
     if sum(s for _, s in layout) != total:
-        raise ValueError(f"unexpected FULLPHYSICS layout {layout} (total {total})")
-    extra = [(n, s) for n, s in layout if n in ("history", "plugin") and s]
+        raise ValueError(f"unexpected mj_getState layout {layout} (total {total})")
+    extra = [(n, s) for n, s in layout if n not in _GATHERED and s]
     if extra:
         raise ValueError(
-            f"the batched backend gathers time/qpos/qvel/act only, but this model also has "
+            f"the batched backend gathers {'/'.join(_GATHERED)} only, but this model also has "
             f"{extra} state; use the CPU suite (pbrl.envs) for it"
         )
     return [(n, s) for n, s in layout if s]
@@ -226,6 +282,10 @@ class BatchedMujocoEnv:
     - ``"episode_return"``, ``"episode_length"``: ``(N,)`` totals of the episodes that ended
       in this step (meaningful where ``terminated | truncated``).
 
+    A Franka task name (:data:`FRANKA_TASKS`) builds a
+    :class:`pbrl.gpu.franka.BatchedFrankaEnv` instead (same contract, plus ``info["success"]``
+    and the mocap goal in the sim state; it also takes ``control`` and ``camera``).
+
     Args:
         task: one of :data:`TASKS`.
         num_envs: worlds ``N``.
@@ -239,6 +299,17 @@ class BatchedMujocoEnv:
             graph and replay it (removes the Python/launch overhead of ~100 kernels per step).
     """
 
+    # mj_getState signature of the sim state (info["sim_state"], render_state).
+    state_sig: int = FULLPHYSICS
+
+    def __new__(cls, task: str, *args: Any, **kwargs: Any) -> BatchedMujocoEnv:
+        """A Franka task name builds the Franka twin (:mod:`pbrl.gpu.franka`)."""
+        if cls is BatchedMujocoEnv and task in FRANKA_TASKS:
+            from pbrl.gpu.franka import BatchedFrankaEnv
+
+            return super().__new__(BatchedFrankaEnv)
+        return super().__new__(cls)
+
     def __init__(
         self,
         task: str,
@@ -251,39 +322,61 @@ class BatchedMujocoEnv:
         njmax: int | None = None,
         cuda_graph: bool = True,
     ):
-        if task not in TASKS:
+        if task not in LOCOMOTION_TASKS:
             raise ValueError(f"unknown GPU task {task!r}; valid: {', '.join(sorted(TASKS))}")
-        if int(num_envs) < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.wp, self.mjw = _import_warp()
-        self.task = task
-        self.spec = TASKS[task]
-        self.num_envs = int(num_envs)
-        self.device = torch_device(device)
-        self.render_quality = check_render_quality(render_quality)
+        self._init_common(task, num_envs, device, render_quality)
+        self.spec = LOCOMOTION_TASKS[task]
         self.env_name = self.spec.cpu_name  # registry name of the CPU twin (render, eval)
         self.factor_names = self.spec.factor_names
 
         probe = gym.make(self.spec.gym_id, disable_env_checker=True)
         limit = find_wrapper(probe, TimeLimit)
         task_limit = int(limit._max_episode_steps) if limit is not None else 1000
-        self.max_episode_steps = min(task_limit, int(max_episode_steps or task_limit))
-        if self.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+        self._set_episode_limit(task_limit, max_episode_steps)
         env = probe.unwrapped
         self.model: mujoco.MjModel = env.model
         self.frame_skip = int(env.frame_skip)
         self.dt = float(self.model.opt.timestep) * self.frame_skip
         self.single_observation_space = probe.observation_space
         self.single_action_space = probe.action_space
-        self.obs_dim = int(np.prod(probe.observation_space.shape))
-        self.act_dim = int(np.prod(probe.action_space.shape))
         init_qpos, init_qvel = env.init_qpos.copy(), env.init_qvel.copy()
         probe.close()
-        self._layout = state_layout(self.model)
+
+        self._init_simulator(seed, nconmax, njmax, cuda_graph)
+        self.init_qpos = torch.as_tensor(init_qpos, dtype=torch.float32, device=self.device)
+        self.init_qvel = torch.as_tensor(init_qvel, dtype=torch.float32, device=self.device)
+        self._x_prev = torch.zeros(self.num_envs, device=self.device)
+
+    # --- construction (shared with pbrl.gpu.franka) ------------------------------------------
+    def _init_common(
+        self, task: str, num_envs: int, device: str | torch.device, render_quality: str
+    ) -> None:
+        """Check the arguments every task takes; import Warp."""
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.wp, self.mjw = _import_warp()
+        self.task = task
+        self.num_envs = int(num_envs)
+        self.device = torch_device(device)
+        self.render_quality = check_render_quality(render_quality)
+
+    def _set_episode_limit(self, task_limit: int, max_episode_steps: int | None) -> None:
+        self.max_episode_steps = min(task_limit, int(max_episode_steps or task_limit))
+        if self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
+
+    def _init_simulator(
+        self, seed: int, nconmax: int | None, njmax: int | None, cuda_graph: bool
+    ) -> None:
+        """Put :attr:`model` on the device in ``num_envs`` worlds; torch views of its arrays.
+
+        Needs ``model``, ``single_observation_space`` and ``single_action_space`` set.
+        """
+        self.obs_dim = int(np.prod(self.single_observation_space.shape))
+        self.act_dim = int(np.prod(self.single_action_space.shape))
+        self._layout = state_layout(self.model, self.state_sig)
         self.state_dim = sum(s for _, s in self._layout)
 
-        # --- device simulator ---------------------------------------------------------------
         wp = self.wp
         self.wp_device = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index}"
         with self._warp_scope():
@@ -297,13 +390,13 @@ class BatchedMujocoEnv:
         self.act = t(self.wd.act)
         self.xpos = t(self.wd.xpos)  # (N, nbody, 3)
         self.cfrc_ext = t(self.wd.cfrc_ext)  # (N, nbody, 6)
+        self.mocap_pos = t(self.wd.mocap_pos)  # (N, nmocap, 3)
+        self.mocap_quat = t(self.wd.mocap_quat)  # (N, nmocap, 4)
         self._zeroed = [
             t(getattr(self.wd, name))
             for name in ("qacc_warmstart", "qfrc_applied", "xfrc_applied", "act", "ctrl")
         ]
         self.nefc = t(self.wd.nefc)
-        self.init_qpos = torch.as_tensor(init_qpos, dtype=torch.float32, device=self.device)
-        self.init_qvel = torch.as_tensor(init_qvel, dtype=torch.float32, device=self.device)
         self.act_low = torch.as_tensor(self.single_action_space.low, device=self.device)
         self.act_high = torch.as_tensor(self.single_action_space.high, device=self.device)
         self._graph: Any = None
@@ -313,9 +406,8 @@ class BatchedMujocoEnv:
         n = self.num_envs
         self.ep_return = torch.zeros(n, device=self.device)
         self.ep_len = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self._x_prev = torch.zeros(n, device=self.device)
         self._obs = torch.zeros(n, self.obs_dim, device=self.device)
-        self._renderer: MujocoRenderer | None = None
+        self._renderer: Any = None
 
     # --- warp plumbing ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -355,6 +447,14 @@ class BatchedMujocoEnv:
     def _forward(self) -> None:
         with self._warp_scope():
             self.mjw.forward(self.wm, self.wd)
+
+    def _check_action(self, action: torch.Tensor | np.ndarray) -> torch.Tensor:
+        action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
+        if action.shape != (self.num_envs, self.act_dim):
+            raise ValueError(
+                f"action must be ({self.num_envs}, {self.act_dim}), got {tuple(action.shape)}"
+            )
+        return action
 
     # --- task maths -------------------------------------------------------------------------
     def _x(self) -> torch.Tensor:
@@ -416,13 +516,22 @@ class BatchedMujocoEnv:
         return sum(factors[k] for k in self.factor_names)
 
     # --- state ------------------------------------------------------------------------------
+    def _state_views(self) -> dict[str, torch.Tensor]:
+        """``(N, size)`` views of the simulator arrays of each :attr:`state_sig` component."""
+        n = self.num_envs
+        views = {"time": self.time[:, None], "qpos": self.qpos, "qvel": self.qvel}
+        views["act"] = self.act
+        views["mocap_pos"] = self.mocap_pos.view(n, self.mocap_pos[0].numel())
+        views["mocap_quat"] = self.mocap_quat.view(n, self.mocap_quat[0].numel())
+        return views
+
     def get_sim_state(self) -> torch.Tensor:
-        """``(N, D_s)`` float32 FULLPHYSICS state of every world (on ``device``)."""
-        parts = {"time": self.time[:, None], "qpos": self.qpos, "qvel": self.qvel, "act": self.act}
-        return torch.cat([parts[name] for name, _ in self._layout], dim=1).float()
+        """``(N, D_s)`` float32 :attr:`state_sig` state of every world (on ``device``)."""
+        views = self._state_views()
+        return torch.cat([views[name] for name, _ in self._layout], dim=1).float()
 
     def set_sim_state(self, state: torch.Tensor | np.ndarray, mask: torch.Tensor | None = None):
-        """Write FULLPHYSICS states into the worlds (all, or those where ``mask``), then forward.
+        """Write :attr:`state_sig` states into the worlds (all, or where ``mask``), then forward.
 
         Args:
             state: ``(N, D_s)`` (or ``(k, D_s)`` for the ``k`` worlds selected by ``mask``).
@@ -438,20 +547,27 @@ class BatchedMujocoEnv:
         )
         if state.shape[0] != idx.numel():
             raise ValueError(f"{idx.numel()} worlds selected but {state.shape[0]} states given")
-        views = {"time": self.time[:, None], "qpos": self.qpos, "qvel": self.qvel}
-        views["act"] = self.act
+        views = self._state_views()
         col = 0
         for name, size in self._layout:
-            if name == "time":
-                self.time[idx] = state[:, col]
-            else:
-                views[name][idx] = state[:, col : col + size]
+            views[name][idx] = state[:, col : col + size]
             col += size
         self._forward()
+        self._sync_derived(idx)
+
+    def _sync_derived(self, idx: torch.Tensor) -> None:
+        """After a forward of a written state: what the task keeps besides the simulator."""
         self._x_prev[idx] = self._x()[idx]
         self._obs[idx] = self.observe()[idx]
 
     # --- gymnasium-style API ----------------------------------------------------------------
+    def _clear_worlds(self, idx: torch.Tensor) -> None:
+        """``mj_resetData``'s zeros in the worlds ``idx`` (the task then writes its pose)."""
+        for z in self._zeroed:
+            z[idx] = 0
+        self.time[idx] = 0
+        self.cfrc_ext[idx] = 0
+
     def _reset_worlds(self, mask: torch.Tensor) -> None:
         """Reset the worlds where ``mask`` (gymnasium ``reset_model``), then ``mj_forward``."""
         idx = mask.nonzero().squeeze(1)
@@ -469,17 +585,13 @@ class BatchedMujocoEnv:
                 self.init_qvel
                 + (torch.rand(k, nv, generator=g, device=self.device) * 2 - 1) * noise
             )
-        for z in self._zeroed:  # mj_resetData
-            z[idx] = 0
-        self.time[idx] = 0
-        self.cfrc_ext[idx] = 0
+        self._clear_worlds(idx)
         self.qpos[idx] = qpos
         self.qvel[idx] = qvel
         self._forward()
         # mj_forward leaves cfrc_ext as mj_resetData set it (zeros), as on the CPU
         self.cfrc_ext[idx] = 0
-        self._x_prev[idx] = self._x()[idx]
-        self._obs[idx] = self.observe()[idx]
+        self._sync_derived(idx)
         self.ep_return[idx] = 0
         self.ep_len[idx] = 0
 
@@ -503,11 +615,7 @@ class BatchedMujocoEnv:
         Returns:
             ``obs, reward, terminated, truncated, info`` (see the class docstring).
         """
-        action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
-        if action.shape != (self.num_envs, self.act_dim):
-            raise ValueError(
-                f"action must be ({self.num_envs}, {self.act_dim}), got {tuple(action.shape)}"
-            )
+        action = self._check_action(action)
         before = self.get_sim_state()
         x_before = self._x_prev.clone()
         self.ctrl.copy_(action)
@@ -516,8 +624,19 @@ class BatchedMujocoEnv:
         healthy = self._healthy()
         factors = self._factors(action, x_before, healthy)
         reward = self.reward_from_factors(factors)
-        terminated = ~healthy
         self._x_prev.copy_(self._x())
+        return self._finish_step(before, obs, reward, factors, ~healthy, {})
+
+    def _finish_step(
+        self,
+        before: torch.Tensor,
+        obs: torch.Tensor,
+        reward: torch.Tensor,
+        factors: dict[str, torch.Tensor],
+        terminated: torch.Tensor,
+        extra: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Episode totals, truncation, the info dict and the auto-reset of finished worlds."""
         self.ep_return += reward
         self.ep_len += 1
         truncated = (self.ep_len >= self.max_episode_steps) & ~terminated
@@ -529,6 +648,7 @@ class BatchedMujocoEnv:
             "final_obs": obs,
             "episode_return": self.ep_return.clone(),
             "episode_length": self.ep_len.clone(),
+            **extra,
         }
         self._obs.copy_(obs)
         if bool(done.any()):
@@ -540,11 +660,15 @@ class BatchedMujocoEnv:
         return bool((self.nefc >= self.wd.njmax).any()) if hasattr(self.wd, "njmax") else False
 
     # --- rendering --------------------------------------------------------------------------
+    def _make_renderer(self) -> Any:
+        return MujocoRenderer(self.model, self.render_quality)
+
     def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:
         """``(height, width, 3)`` uint8 frame of one stored state, by the CPU renderer.
 
-        The same code and camera as the CPU env of :attr:`env_name` (``pbrl.envs.mujoco``), so
-        a state renders to the same frame whichever backend produced it.
+        The same code and camera as the CPU env of :attr:`env_name` (``pbrl.envs.mujoco``,
+        ``pbrl.envs.franka``), so a state renders to the same frame whichever backend produced
+        it.
         """
         state = np.asarray(state, dtype=np.float64)
         if state.shape != (self.state_dim,):
@@ -553,7 +677,7 @@ class BatchedMujocoEnv:
                 "step's state, e.g. segment.sim_state[i, t]"
             )
         if self._renderer is None:
-            self._renderer = MujocoRenderer(self.model, self.render_quality)
+            self._renderer = self._make_renderer()
         return self._renderer.render(state, int(width), int(height))
 
     def make_cpu_env(self, seed: int | None = None, **kwargs: Any) -> gym.Env:

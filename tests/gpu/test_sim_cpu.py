@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pbrl import envs as pbrl_envs
-from pbrl.gpu.sim import TASKS, BatchedMujocoEnv, state_layout
+from pbrl.gpu.sim import LOCOMOTION_TASKS, BatchedMujocoEnv, state_layout
 
 pytest.importorskip(
     "mujoco_warp",
@@ -19,14 +19,14 @@ FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
 def _gym_at(task: str, state: np.ndarray):
     """The gymnasium env of ``task`` put into the FULLPHYSICS ``state``."""
-    env = gym.make(TASKS[task].gym_id, disable_env_checker=True).unwrapped
+    env = gym.make(LOCOMOTION_TASKS[task].gym_id, disable_env_checker=True).unwrapped
     env.reset(seed=0)
     mujoco.mj_setState(env.model, env.data, state, FULL)
     mujoco.mj_forward(env.model, env.data)
     return env
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(LOCOMOTION_TASKS))
 def test_step_matches_gymnasium(task: str) -> None:
     env = BatchedMujocoEnv(task, 3, seed=1)
     obs, info = env.reset()
@@ -137,7 +137,7 @@ def test_truncation_auto_reset_and_termination() -> None:
 
 
 def test_errors_name_the_fix() -> None:
-    with pytest.raises(ValueError, match="valid: ant, halfcheetah"):
+    with pytest.raises(ValueError, match="valid: ant, franka_push, franka_reach, halfcheetah"):
         BatchedMujocoEnv("humanoidstandup", 2)
     env = BatchedMujocoEnv("halfcheetah", 2)
     with pytest.raises(ValueError, match=r"action must be \(2, 6\)"):
