@@ -45,14 +45,19 @@ def latest_run(root: Path = RUNS) -> Path | None:
 
 # A resumed invocation records its Hydra files apart, so the run's own record stays intact
 # even when the resume is refused.
-_RESUME_OUTPUT = "hydra.output_subdir=.hydra-resume"
+RESUME_OUTPUT = "hydra.output_subdir=.hydra-resume"
 
 
-def _resume_args(run_dir: Path, extra: list[str]) -> list[str]:
+def resume_args(run_dir: Path, extra: list[str]) -> list[str]:
+    """The overrides that resume ``run_dir`` (also used by ``pbrl-front``).
+
+    Its recorded overrides, then ``extra``, then the run directory, ``resume=true`` and
+    :data:`RESUME_OUTPUT`.
+    """
     overrides_file = run_dir / OVERRIDES
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     overrides = [o for o in overrides or [] if not o.startswith(("resume=", "hydra."))]
-    return [*overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true", _RESUME_OUTPUT]
+    return [*overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true", RESUME_OUTPUT]
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
@@ -72,7 +77,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
                 f"{run_dir} is not a pbrl run directory (no config.yaml in it); "
                 "pass overrides as key=value, or the directory of an earlier run to resume it"
             )
-        return _resume_args(run_dir, rest)
+        return resume_args(run_dir, rest)
     if "resume=true" not in argv:
         return argv
     if not any(a.startswith("hydra.run.dir=") for a in argv):
@@ -80,10 +85,15 @@ def prepare_argv(argv: list[str]) -> list[str]:
         if run_dir is None:
             raise ResumeError(f"resume=true but there is no run under {RUNS.resolve()} to resume")
         argv = [*argv, f"hydra.run.dir={run_dir}"]
-    return [*argv, _RESUME_OUTPUT]
+    return [*argv, RESUME_OUTPUT]
 
 
-def _config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
+def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
+    """``"key: saved (run) vs current (now)"`` for every leaf that differs (``resume`` aside).
+
+    Used to refuse resuming a run with another config (``pbrl-train``, ``pbrl-offline``,
+    ``pbrl-front``).
+    """
     a = OmegaConf.to_container(saved, resolve=True)
     b = OmegaConf.to_container(current, resolve=True)
     out: list[str] = []
@@ -110,7 +120,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if cfg.resume:
         if not saved.exists():
             raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
-        diff = _config_diff(OmegaConf.load(saved), cfg)
+        diff = config_diff(OmegaConf.load(saved), cfg)
         if diff:
             raise ResumeError(
                 "refusing to resume with a different config; differing keys:\n  "

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ from pbrl.agents.sb3 import (
     sb3_state,
 )
 from pbrl.buffer import PbrlReplayBuffer
+from pbrl.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
 from pbrl.data import Label, QueryBatch, SegmentBatch
 from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
@@ -51,8 +50,6 @@ from pbrl.rewards import make_reward_learner
 from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
 from pbrl.store import FeedbackStore
 from pbrl.teachers import make_teacher
-
-CHECKPOINT = "checkpoint"
 
 
 class RunError(RuntimeError):
@@ -94,40 +91,6 @@ def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
     if bool(agent_cfg.get("fused_adam", True)):
         return {"optimizer_kwargs": {"fused": True}}
     return {}
-
-
-def write_checkpoint(run_dir: Path, state: dict[str, Any], step: int) -> Path:
-    """Atomically replace ``run_dir/checkpoint/`` with ``state`` (``state.pt``) and meta.
-
-    The new checkpoint is written and fsynced in ``checkpoint.tmp`` first; the previous one is
-    kept as ``checkpoint.old`` until the swap is done, so a kill at any point leaves one
-    readable checkpoint (:func:`read_checkpoint` falls back to ``.old``).
-    """
-    final = run_dir / CHECKPOINT
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time()}))
-    old = run_dir / (CHECKPOINT + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def read_checkpoint(run_dir: Path, map_location: str | None = None) -> dict[str, Any] | None:
-    """The state saved by :func:`write_checkpoint` in ``run_dir``, or ``None`` if none."""
-    for name in (CHECKPOINT, CHECKPOINT + ".old"):
-        path = run_dir / name / "state.pt"
-        if path.exists():
-            return torch.load(path, weights_only=False, map_location=map_location)
-    return None
 
 
 class PreferenceLoop:

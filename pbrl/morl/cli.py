@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from pbrl.cli import _RESUME_OUTPUT, OVERRIDES, RUNS, ResumeError, _config_diff, _resume_args
+from pbrl.cli import OVERRIDES, RESUME_OUTPUT, RUNS, ResumeError, config_diff, resume_args
 from pbrl.morl.cmorl import CMORL, Archive, CMORLConfig, eval_env_factory
 from pbrl.morl.envs import default_ref_point, objective_names
 from pbrl.morl.metrics import EvalProtocol
@@ -85,7 +85,7 @@ def build_configs(cfg: DictConfig) -> tuple[CMORLConfig | PGMORLConfig, tuple[st
 
 
 def _checkpoint_name() -> str:
-    from pbrl.loops.online import CHECKPOINT  # a heavy import (SB3): only when needed
+    from pbrl.checkpoint import CHECKPOINT
 
     return CHECKPOINT
 
@@ -109,7 +109,7 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
         if not saved.exists():
             raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
         diff = [
-            d for d in _config_diff(OmegaConf.load(saved), cfg)
+            d for d in config_diff(OmegaConf.load(saved), cfg)
             if d.split(":")[0].split(".")[0] not in _EXECUTION_KEYS
         ]  # fmt: skip
         if diff:
@@ -336,7 +336,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
                 f"{run_dir} is not a pbrl-front run directory (no front config.yaml in it); "
                 "pass overrides as key=value, or the directory of an earlier front run to resume it"
             )
-        return _resume_args(run_dir, rest)
+        return resume_args(run_dir, rest)
     if "resume=true" not in argv:
         return argv
     if not any(a.startswith("hydra.run.dir=") for a in argv):
@@ -344,7 +344,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
         if run_dir is None:
             raise ResumeError(f"resume=true but there is no front run under {RUNS.resolve()}")
         argv = [*argv, f"hydra.run.dir={run_dir}"]
-    return [*argv, _RESUME_OUTPUT]
+    return [*argv, RESUME_OUTPUT]
 
 
 @hydra.main(config_path="../configs/front", config_name="front", version_base="1.3")

@@ -484,7 +484,7 @@ class RoundLoop:
 
     A subclass plans round ``k`` in :meth:`plan_round` (``None``: the budget is spent) and
     folds its results into the archive in :meth:`_record`. The checkpoint
-    (:func:`pbrl.loops.online.write_checkpoint`, ``out_dir/checkpoint/``) holds the archive
+    (:func:`pbrl.checkpoint.write_checkpoint`, ``out_dir/checkpoint/``) holds the archive
     with every policy's vector return and file, the step counters, the history, the round
     counter, the planned round with the results of its finished jobs, the global RNG states,
     the TensorBoard step, and :meth:`extra_state`. A job is the unit of work: one killed
@@ -620,7 +620,7 @@ class RoundLoop:
         Its ``meta.json`` step counts the training steps spent, the finished jobs of the
         current round included.
         """
-        from pbrl.loops.online import write_checkpoint
+        from pbrl.checkpoint import write_checkpoint
 
         step = self.env_steps
         if self.plan is not None:
@@ -629,7 +629,7 @@ class RoundLoop:
 
     def try_resume(self) -> bool:
         """Load ``out_dir``'s checkpoint if there is one; True if resumed."""
-        from pbrl.loops.online import read_checkpoint
+        from pbrl.checkpoint import read_checkpoint
 
         state = read_checkpoint(self.out_dir)
         if state is None:

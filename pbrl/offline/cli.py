@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl import envs as pbrl_envs
-from pbrl.cli import OVERRIDES, ResumeError, _config_diff, prepare_argv
+from pbrl.cli import OVERRIDES, ResumeError, config_diff, prepare_argv
 from pbrl.loops.online import (
     CHECKPOINT,
     RunError,
@@ -271,7 +271,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if cfg.resume:
         if not saved.exists():
             raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
-        diff = _config_diff(OmegaConf.load(saved), cfg)
+        diff = config_diff(OmegaConf.load(saved), cfg)
         if diff:
             raise ResumeError(
                 "refusing to resume with a different config; differing keys:\n  "
