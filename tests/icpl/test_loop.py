@@ -311,7 +311,10 @@ def test_ray_candidates_equal_the_serial_ones(server: ChatServer, tmp_path: Path
     serial = run(_compose(server, "rounds=1"), tmp_path / "serial")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        par = run(_compose(server, "rounds=1", "train.parallel=ray"), tmp_path / "ray")
+        # a fresh scripted server: its answers depend on the requests it has seen
+        with ChatServer(script) as fresh:
+            script.requests = fresh.requests  # type: ignore[attr-defined]
+            par = run(_compose(fresh, "rounds=1", "train.parallel=ray"), tmp_path / "ray")
     finally:
         ray.shutdown()
     a = json.loads((tmp_path / "serial/rounds/r0/round.json").read_text())
