@@ -2,17 +2,28 @@
 
 from pbrl.qd.archive import GridArchive
 from pbrl.qd.arm import ArmDomain
-from pbrl.qd.projection import LinearProjection, fit_pca, fit_projection, triplet_hinge_loss
+from pbrl.qd.maze import MazeDomain
+from pbrl.qd.projection import (
+    Autoencoder,
+    LinearProjection,
+    fit_autoencoder,
+    fit_pca,
+    fit_projection,
+    triplet_hinge_loss,
+)
 from pbrl.qd.qdhf import METHODS, QDConfig, QDHFRun, default_teacher, triplet_query
 
 __all__ = [
     "METHODS",
     "ArmDomain",
+    "Autoencoder",
     "GridArchive",
     "LinearProjection",
+    "MazeDomain",
     "QDConfig",
     "QDHFRun",
     "default_teacher",
+    "fit_autoencoder",
     "fit_pca",
     "fit_projection",
     "triplet_hinge_loss",

@@ -20,6 +20,9 @@ class GridArchive:
         dims: cells per measure dimension, e.g. ``(50, 50)``.
         lower, upper: ``(m,)`` bounds of the measures.
         solution_dim: size of a solution vector.
+        extra_dim: size of an optional per-elite vector kept beside the solution (e.g. the
+            true measure and the features, so that rebuilding and scoring the archive needs
+            no re-evaluation).
     """
 
     def __init__(
@@ -28,6 +31,7 @@ class GridArchive:
         lower: Sequence[float] | np.ndarray,
         upper: Sequence[float] | np.ndarray,
         solution_dim: int,
+        extra_dim: int = 0,
     ):
         self.dims = tuple(int(d) for d in dims)
         self.lower = np.asarray(lower, np.float64).reshape(-1)
@@ -45,6 +49,8 @@ class GridArchive:
         self.objective = np.full(self.cells, -np.inf)
         self.solutions = np.zeros((self.cells, self.solution_dim))
         self.measures = np.zeros((self.cells, len(self.dims)))
+        self.extra_dim = int(extra_dim)
+        self.extras = np.zeros((self.cells, self.extra_dim))
 
     def __len__(self) -> int:
         return int(self.occupied.sum())
@@ -58,12 +64,23 @@ class GridArchive:
         return np.ravel_multi_index(grid.T, self.dims)
 
     def add(
-        self, solutions: np.ndarray, objectives: np.ndarray, measures: np.ndarray
+        self,
+        solutions: np.ndarray,
+        objectives: np.ndarray,
+        measures: np.ndarray,
+        extras: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Insert a batch; returns ``(N,)`` status: 0 rejected, 1 improved a cell, 2 new cell."""
+        """Insert a batch; returns ``(N,)`` status: 0 rejected, 1 improved a cell, 2 new cell.
+
+        ``extras`` (``(N, extra_dim)``) is required when the archive has ``extra_dim > 0``.
+        """
         solutions = np.asarray(solutions, np.float64).reshape(-1, self.solution_dim)
         objectives = np.asarray(objectives, np.float64).reshape(-1)
         measures = np.asarray(measures, np.float64).reshape(len(objectives), -1)
+        if self.extra_dim:
+            if extras is None:
+                raise ValueError(f"this archive keeps extras: pass extras=(N, {self.extra_dim})")
+            extras = np.asarray(extras, np.float64).reshape(len(objectives), self.extra_dim)
         idx = self.index_of(measures)
         status = np.zeros(len(idx), np.int64)
         if len(idx) == 0:
@@ -81,12 +98,19 @@ class GridArchive:
         self.objective[cells] = objectives[cand]
         self.solutions[cells] = solutions[cand]
         self.measures[cells] = measures[cand]
+        if self.extra_dim:
+            assert extras is not None
+            self.extras[cells] = extras[cand]
         return status
 
     def elites(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(solutions, objectives, measures)`` of the occupied cells."""
         occ = self.occupied
         return self.solutions[occ], self.objective[occ], self.measures[occ]
+
+    def elite_extras(self) -> np.ndarray:
+        """``(n_elites, extra_dim)`` extras of the occupied cells (order of :meth:`elites`)."""
+        return self.extras[self.occupied]
 
     def sample_elites(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``(n, solution_dim)`` elites drawn uniformly with replacement."""

@@ -20,6 +20,8 @@ import numpy as np
 class ArmDomain:
     """The ``dof``-link planar arm with unit link lengths."""
 
+    name = "arm"
+
     def __init__(self, dof: int = 10):
         if dof < 2:
             raise ValueError(f"dof must be >= 2, got {dof}")
@@ -29,6 +31,7 @@ class ArmDomain:
         self.gt_lower = np.array([-reach, -reach])
         self.gt_upper = np.array([reach, reach])
         self.feature_dim = 2 * self.dof
+        self.solution_dim = self.dof
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``(n, dof)`` solutions uniform in [-pi, pi]."""
@@ -50,3 +53,7 @@ class ArmDomain:
         """``(N, 2 dof)`` ``[cos(cumsum theta), sin(cumsum theta)]``."""
         phi = np.cumsum(theta, axis=1)
         return np.concatenate([np.cos(phi), np.sin(phi)], axis=1)
+
+    def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(objective (N,), measures (N, 2), features (N, 2 dof))`` in one call."""
+        return self.objective(theta), self.measures(theta), self.features(theta)

@@ -1,6 +1,8 @@
 """``pbrl-qd``: one quality-diversity run (QDHF and its baselines) with TensorBoard logs.
 
-``pbrl-qd method=qdhf seed=1`` composes ``pbrl/configs/qd/qd.yaml``; the run directory gets
+``pbrl-qd method=qdhf seed=1`` composes ``pbrl/configs/qd/qd.yaml`` (``domain=arm`` or
+``domain=maze``, ``method=qdhf|qdhf_base|gt|aurora_pca[_pre]|aurora_ae[_pre]``); the run
+directory gets
 the resolved ``config.yaml``, TensorBoard scalars (``qd/...``) and archive heatmaps (images),
 ``history.json`` (metrics every ``log_every`` iterations) and ``final_metrics.json``.
 """
@@ -18,7 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl.qd.arm import ArmDomain
-from pbrl.qd.qdhf import QDConfig, QDHFRun, default_teacher
+from pbrl.qd.maze import MazeDomain
+from pbrl.qd.qdhf import Domain, QDConfig, QDHFRun, default_teacher
+
+
+def make_domain(dcfg: DictConfig) -> Domain:
+    """The QD domain named by ``dcfg.name`` (``arm`` or ``maze``) with its settings."""
+    if dcfg.name == "arm":
+        return ArmDomain(int(dcfg.dof))
+    if dcfg.name == "maze":
+        return MazeDomain(episode_length=int(dcfg.episode_length), hidden=int(dcfg.hidden))
+    raise ValueError(f"unknown QD domain {dcfg.name!r}; valid: arm, maze (domain=...)")
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
@@ -26,15 +38,17 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    if cfg.domain.name != "arm":
-        raise ValueError(f"unknown QD domain {cfg.domain.name!r}; valid: arm")
+    domain = make_domain(cfg.domain)
     torch.manual_seed(int(cfg.seed))
+    # the networks are tiny: extra threads only add contention (15x slower on a busy CPU)
+    torch.set_num_threads(int(cfg.torch_threads))
     qd_cfg = QDConfig(
         method=str(cfg.method),
         iterations=int(cfg.iterations),
         batch_size=int(cfg.batch_size),
         init_pop=int(cfg.init_pop),
         sigma=float(cfg.sigma),
+        line_sigma=float(cfg.line_sigma),
         grid=tuple(int(g) for g in cfg.grid),  # type: ignore[arg-type]
         n_pref=int(cfg.n_pref),
         update_fractions=tuple(float(f) for f in cfg.update_fractions),
@@ -42,6 +56,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         log_every=int(cfg.log_every),
         seed=int(cfg.seed),
         fit=dict(OmegaConf.to_container(cfg.fit, resolve=True) or {}),  # type: ignore[arg-type]
+        ae_fit=dict(OmegaConf.to_container(cfg.ae_fit, resolve=True) or {}),  # type: ignore[arg-type]
     )
     teacher = default_teacher(
         seed=int(cfg.seed) + 1,
@@ -55,7 +70,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     qd = QDHFRun(
         qd_cfg,
-        domain=ArmDomain(int(cfg.domain.dof)),
+        domain=domain,
         teacher=teacher,
         log=writer.add_scalar,
         log_image=log_image,
@@ -66,7 +81,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     (run_dir / "history.json").write_text(json.dumps(qd.history, indent=2))
     (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     print(
-        f"[qd {cfg.method} s{cfg.seed}] QD score {final['qd_score_all']:.2f} / coverage "
+        f"[qd {cfg.domain.name} {cfg.method} s{cfg.seed}] QD score "
+        f"{final['qd_score_all']:.2f} / coverage "
         f"{final['coverage_all']:.2f}% (all solutions), {final['qd_score_archive']:.2f} / "
         f"{final['coverage_archive']:.2f}% (archive), {final['seconds']:.1f}s",
         flush=True,

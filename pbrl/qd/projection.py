@@ -134,3 +134,100 @@ def fit_pca(feats: np.ndarray, latent_dim: int = 2) -> tuple[np.ndarray, np.ndar
     mean = feats.mean(axis=0)
     _, _, vt = np.linalg.svd(feats - mean, full_matrices=False)
     return mean, vt[:latent_dim].T
+
+
+class Autoencoder(nn.Module):
+    """AURORA's autoencoder on features: ``D -> 64 -> 32 -> latent -> 32 -> 64 -> D`` (ReLU).
+
+    The encoder's output is the unsupervised descriptor (the paper's ``maze/utils.py`` ``AE``).
+    """
+
+    def __init__(self, in_dim: int, latent_dim: int = 2, hidden: tuple[int, int] = (64, 32)):
+        super().__init__()
+        h1, h2 = hidden
+        lat = latent_dim
+        self.enc = nn.Sequential(
+            nn.Linear(in_dim, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, lat)
+        )
+        self.dec = nn.Sequential(
+            nn.Linear(lat, h2), nn.ReLU(), nn.Linear(h2, h1), nn.ReLU(), nn.Linear(h1, in_dim)
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """Encode features to the latent descriptor."""
+        return self.enc(f)
+
+    def reconstruct(self, f: torch.Tensor) -> torch.Tensor:
+        """Decode(encode(f))."""
+        return self.dec(self.enc(f))
+
+    @torch.no_grad()
+    def project(self, f: np.ndarray) -> np.ndarray:
+        """NumPy in, latent NumPy out."""
+        return self(torch.as_tensor(f, dtype=torch.float32)).numpy().astype(np.float64)
+
+    @torch.no_grad()
+    def reconstruction_error(self, f: np.ndarray) -> float:
+        """Mean squared reconstruction error on ``(N, D)`` features."""
+        x = torch.as_tensor(f, dtype=torch.float32)
+        return float((self.reconstruct(x) - x).square().mean())
+
+
+@dataclass
+class AEFitResult:
+    """A fitted autoencoder and its validation reconstruction errors per epoch."""
+
+    model: Autoencoder
+    val_loss: list[float] = field(default_factory=list)
+    epochs: int = 0
+
+
+def fit_autoencoder(
+    feats: np.ndarray,
+    latent_dim: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    max_epochs: int = 1000,
+    val_frac: float = 0.25,
+    seed: int = 0,
+) -> AEFitResult:
+    """Fit a fresh :class:`Autoencoder` on ``(N, D)`` features (official ``fit_ae``).
+
+    MSE reconstruction, Adam, the first ``1 - val_frac`` of the rows train (epochs of
+    ``n_train // batch_size`` batches drawn with replacement), the rest validate; stops when
+    the mean validation loss of the last 10 epochs exceeds that of the 10 before (after
+    epoch 10; the official loop has no epoch cap, ``max_epochs`` bounds it here).
+    """
+    feats = np.asarray(feats, np.float32)
+    if feats.ndim != 2 or len(feats) < 2:
+        raise ValueError(f"feats must be (N >= 2, D), got {feats.shape}")
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = Autoencoder(feats.shape[1], latent_dim)
+    with torch.no_grad():  # seeded init, PyTorch's default Linear scheme
+        for mod in model.modules():
+            if isinstance(mod, nn.Linear):
+                bound = 1.0 / np.sqrt(mod.in_features)
+                mod.weight.uniform_(-bound, bound, generator=gen)
+                mod.bias.uniform_(-bound, bound, generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n_train = min(max(1, int(len(feats) * (1.0 - val_frac))), len(feats) - 1)
+    x = torch.as_tensor(feats)
+    xtr, xva = x[:n_train], x[n_train:]
+    steps = max(n_train // batch_size, 1)
+    result = AEFitResult(model)
+    for epoch in range(max_epochs):
+        idx = torch.as_tensor(rng.integers(0, n_train, size=(steps, batch_size)))
+        for b in idx:
+            loss = (model.reconstruct(xtr[b]) - xtr[b]).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            result.val_loss.append(float((model.reconstruct(xva) - xva).square().mean()))
+        result.epochs = epoch + 1
+        vl = result.val_loss
+        if epoch + 1 > 10 and np.mean(vl[-10:]) > np.mean(vl[-11:-1]):
+            break
+    model.eval()
+    return result
