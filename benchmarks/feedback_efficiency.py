@@ -8,6 +8,14 @@ true reward").
     python benchmarks/feedback_efficiency.py --env walker_walk --steps 30000 --seeds 0 \
         --max-feedback 1000 --write-results
 
+A long run can be split: with ``--runs-dir`` the runs are kept and an arm already finished there
+with the same settings is reused, ``--jobs`` runs arms at once and ``--arms`` picks arms, e.g.
+two machines' worth of arms, then one call that only collects and writes:
+
+    python benchmarks/feedback_efficiency.py --steps 60000 --seeds 1 --jobs 2 --runs-dir R
+    python benchmarks/feedback_efficiency.py --steps 60000 --seeds 0 --arms sac --runs-dir R
+    python benchmarks/feedback_efficiency.py --steps 60000 --seeds 0 1 --runs-dir R --write-results
+
 B-Pref's own protocol (walker_walk, 1000 labels, 500k steps, 10 seeds, SAC 2 x 1024 with batch
 1024) needs a GPU; the flags shrink it to what a CPU can run, and the results section says so.
 """
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from results_md import replace_section
@@ -59,6 +68,16 @@ def run_arm(args: argparse.Namespace, seed: int, true_reward: bool, root: Path) 
     ]
     if true_reward:
         overrides.append("reward=true_reward")
+    record = run_dir / "bench_arm.json"
+    if record.exists():  # finished earlier into --runs-dir with the same settings: reuse it
+        saved = json.loads(record.read_text())
+        if saved["overrides"] == overrides:
+            print(f"{name}: reusing the finished run in {run_dir}", flush=True)
+            return saved["result"]
+        raise RuntimeError(
+            f"{run_dir} holds a run with other settings ({saved['overrides']}); use another "
+            "--runs-dir or remove it"
+        )
     cmd = [sys.executable, "-m", "pbrl", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
@@ -67,13 +86,15 @@ def run_arm(args: argparse.Namespace, seed: int, true_reward: bool, root: Path) 
     if res.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
     final = json.loads((run_dir / "final_metrics.json").read_text())
-    return {
+    result = {
         "name": name,
         "wall_s": wall,
         "return": final["eval/true_return"],
         "labels": final.get("pref/labels", 0),
         "cmd": " ".join(overrides[:-1]),
     }
+    record.write_text(json.dumps({"overrides": overrides, "result": result}, indent=1))
+    return result
 
 
 def main() -> None:
@@ -91,14 +112,40 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)  # BPref walker script: 5e-4
     p.add_argument("--eval-every", type=int, default=10000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--runs-dir",
+        default=None,
+        help="keep the runs here (default: a temporary directory); an arm already finished "
+        "there with the same settings is reused, so a long benchmark can be run in parts",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="arms run at once (subprocesses)")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["pebble", "sac"],
+        default=["pebble", "sac"],
+        help="run only these arms (with --runs-dir; results need both)",
+    )
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    if set(args.arms) != {"pebble", "sac"} and (args.runs_dir is None or args.write_results):
+        p.error("--arms with one arm needs --runs-dir and no --write-results")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.runs_dir) if args.runs_dir else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        jobs = [(seed, arm == "sac") for seed in args.seeds for arm in args.arms]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {job: pool.submit(run_arm, args, job[0], job[1], root) for job in jobs}
+            done = {job: f.result() for job, f in futures.items()}
+        if set(args.arms) != {"pebble", "sac"}:
+            print(f"ran {args.arms} for seeds {args.seeds} into {root}")
+            return
         for seed in args.seeds:
-            pebble = run_arm(args, seed, False, Path(tmp))
-            sac = run_arm(args, seed, True, Path(tmp))
+            pebble, sac = done[(seed, False)], done[(seed, True)]
             norm = pebble["return"] / sac["return"] if sac["return"] else float("nan")
             rows.append((seed, pebble, sac, norm))
             print(

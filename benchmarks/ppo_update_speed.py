@@ -1,4 +1,5 @@
-"""Time per gradient step of PbrlPPO's fast update versus SB3's own ``PPO.train()``.
+"""Time per gradient step of PbrlPPO's fast update versus SB3's own ``PPO.train()``, and per
+vector step of its fast rollout versus SB3's ``collect_rollouts``.
 
 One process, one rollout, PrefPPO's settings (pbrl/configs/agent/prefppo.yaml: n_envs 16,
 n_steps 500, batch 64, 3 x 256 nets, gSDE with sde_sample_freq 4, decayed clip 0.4, fused
@@ -6,7 +7,9 @@ Adam) on HalfCheetah. Both updates start from the same saved state (policy weigh
 ``np.random`` state) on the same rollout buffer and run ``--epochs`` epochs; runs alternate
 SB3, fast, SB3, fast, ... ``--repeats`` times so machine drift hits both alike, and the median
 per-pair ratio is reported. After each pair the two end states are compared (the fast update
-must land on SB3's parameters).
+must land on SB3's parameters). Then ``--rollout-repeats`` pairs of one whole rollout (16 envs x
+500 steps, env stepping and the VecNormalize wrapper included) with SB3's ``collect_rollouts``
+and with PbrlPPO's (``fast_rollout``), alternating likewise.
 
     python benchmarks/ppo_update_speed.py
     python benchmarks/ppo_update_speed.py --epochs 20 --repeats 5 --write-results
@@ -100,12 +103,22 @@ def timed_update(model: PbrlPPO, fast: bool, start: dict[str, Any]) -> tuple[flo
     return seconds, [p.detach().clone() for p in model.policy.parameters()]
 
 
+def timed_rollout(model: PbrlPPO, fast: bool) -> float:
+    """Seconds for one whole ``collect_rollouts`` (SB3's loop, or PbrlPPO's when ``fast``)."""
+    model.fast_rollout = fast
+    callback = model._init_callback(None)
+    t0 = time.perf_counter()
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     """Measure, print, and optionally write the RESULTS.md section."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--env", default="halfcheetah")
     p.add_argument("--epochs", type=int, default=4, help="epochs per timed update (PrefPPO: 20)")
     p.add_argument("--repeats", type=int, default=5, help="SB3/fast pairs")
+    p.add_argument("--rollout-repeats", type=int, default=3, help="SB3/fast rollout pairs")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the bench uses 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write-results", action="store_true")
@@ -139,8 +152,24 @@ def main() -> None:
         f"ratio {ratio:.2f} (pairs: {', '.join(f'{x:.2f}' for x in ratios)}); "
         f"max |param diff| {max_diff:.2e}"
     )
+    rollout: dict[str, list[float]] = {"sb3": [], "fast": []}
+    vec_steps = model.n_steps
+    for r in range(args.rollout_repeats):
+        rollout["sb3"].append(timed_rollout(model, False))
+        rollout["fast"].append(timed_rollout(model, True))
+        print(
+            f"rollout pair {r}: SB3 {1e3 * rollout['sb3'][-1] / vec_steps:.3f} ms/vector step, "
+            f"fast {1e3 * rollout['fast'][-1] / vec_steps:.3f}",
+            flush=True,
+        )
+    rollout_ms = {k: 1e3 * statistics.median(v) / vec_steps for k, v in rollout.items() if v}
+    if rollout_ms:
+        print(
+            f"rollout median: SB3 {rollout_ms['sb3']:.3f} ms/vector step, fast "
+            f"{rollout_ms['fast']:.3f} ({rollout_ms['sb3'] / rollout_ms['fast']:.2f}x)"
+        )
     if args.write_results:
-        write_results(args, steps, ms, ratio, ratios, max_diff)
+        write_results(args, steps, ms, ratio, ratios, max_diff, rollout_ms)
 
 
 def write_results(
@@ -150,6 +179,7 @@ def write_results(
     ratio: float,
     ratios: list[float],
     max_diff: float,
+    rollout_ms: dict[str, float],
 ) -> None:
     """Replace this benchmark's section of RESULTS.md."""
     cmd = "python benchmarks/ppo_update_speed.py " + " ".join(sys.argv[1:])
@@ -177,6 +207,14 @@ def write_results(
         f"two updates' results: {max_diff:.1e} (0 = bit-identical).",
         "",
     ]
+    if rollout_ms:
+        lines += [
+            f"Rollout ({args.rollout_repeats} pairs of one 16 x 500-step rollout, env steps "
+            "included): SB3 `collect_rollouts` "
+            f"{rollout_ms['sb3']:.3f} ms per vector step, pbrl's (`fast_rollout`) "
+            f"{rollout_ms['fast']:.3f} ms ({rollout_ms['sb3'] / rollout_ms['fast']:.2f}x).",
+            "",
+        ]
     replace_section(RESULTS, HEADER, "\n".join(lines))
 
 
