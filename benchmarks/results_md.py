@@ -26,10 +26,11 @@ def replace_section(path: Path, header: str, body: str) -> None:
     """Replace the text from ``header`` up to the next ``## `` with ``body`` (which starts
     with the header), or append ``body`` when ``header`` is not in the file."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    body = body.rstrip("\n") + "\n"  # one blank line before the next section, always
     if header in text:
         start = text.index(header)
         nxt = text.find("\n## ", start + len(header))
-        text = text[:start] + body + ("" if nxt < 0 else text[nxt + 1 :])
+        text = text[:start] + body + ("" if nxt < 0 else "\n" + text[nxt + 1 :])
     else:
         text = text.rstrip("\n") + "\n\n" + body
     path.write_text(text)
