@@ -41,12 +41,15 @@ class InfoColumns:
         self.stepped = np.zeros(n, np.bool_)  # rows with true_reward and factors
         self.has_state = np.zeros(n, np.bool_)
         self.has_success = np.zeros(n, np.bool_)
+        # How many rows each mask has set (Python ints: cheaper than numpy's any()/all()).
+        self.n_stepped = self.n_state = self.n_success = 0
 
     def clear(self) -> None:
         """Forget which rows were written (values are masked on the way out)."""
         self.stepped.fill(False)
         self.has_state.fill(False)
         self.has_success.fill(False)
+        self.n_stepped = self.n_state = self.n_success = 0
 
     def put_step(
         self,
@@ -67,14 +70,18 @@ class InfoColumns:
         self.sim_state[i] = state
         self.stepped[i] = True
         self.has_state[i] = True
+        self.n_stepped += 1
+        self.n_state += 1
         if success is not None:
             self.success[i] = bool(success)
             self.has_success[i] = True
+            self.n_success += 1
 
     def put_state(self, i: int, state: np.ndarray) -> None:
         """Row ``i`` of a reset: only the initial state."""
         self.sim_state[i] = state
         self.has_state[i] = True
+        self.n_state += 1
 
     @staticmethod
     def _masked(values: np.ndarray, mask: np.ndarray, full: bool) -> np.ndarray:
@@ -85,9 +92,9 @@ class InfoColumns:
 
     def merge_into(self, infos: dict[str, Any]) -> dict[str, Any]:
         """Add the written keys to ``infos`` exactly as gymnasium's ``_add_info`` would."""
-        stepped = self.stepped
-        if stepped.any():
-            full = bool(stepped.all())
+        stepped, n = self.stepped, self.n
+        if self.n_stepped:
+            full = self.n_stepped == n
             infos["true_reward"] = self._masked(self.true_reward, stepped, full)
             infos["_true_reward"] = stepped.copy()
             rf: dict[str, Any] = {}
@@ -96,15 +103,11 @@ class InfoColumns:
                 rf["_" + k] = stepped.copy()
             infos["reward_factors"] = rf
             infos["_reward_factors"] = stepped.copy()
-        if self.has_state.any():
-            infos["sim_state"] = self._masked(
-                self.sim_state, self.has_state, bool(self.has_state.all())
-            )
+        if self.n_state:
+            infos["sim_state"] = self._masked(self.sim_state, self.has_state, self.n_state == n)
             infos["_sim_state"] = self.has_state.copy()
-        if self.has_success.any():
-            infos["success"] = self._masked(
-                self.success, self.has_success, bool(self.has_success.all())
-            )
+        if self.n_success:
+            infos["success"] = self._masked(self.success, self.has_success, self.n_success == n)
             infos["_success"] = self.has_success.copy()
         return infos
 
