@@ -205,11 +205,15 @@ class Prof:
         self.stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
 
     @staticmethod
-    def _match(key: tuple[str, int, str], where: tuple[str, str]) -> bool:
-        path, _, name = key
+    def _match(key: tuple[str, int, str], where: tuple[Any, ...]) -> bool:
+        """``where``: (file-path suffix, name) or (suffix, name, first line) when one file
+        has several functions of that name."""
+        path, line, name = key
+        if len(where) > 2 and line != where[2]:
+            return False
         return name == where[1] and path.replace(os.sep, "/").endswith(where[0])
 
-    def cum(self, where: tuple[str, str], caller: tuple[str, str] | None = None) -> float:
+    def cum(self, where: tuple[Any, ...], caller: tuple[Any, ...] | None = None) -> float:
         """Cumulative seconds in ``where``; with ``caller`` only calls made from it."""
         total = 0.0
         for key, (_cc, _nc, _tt, ct, callers) in self.stats.items():
@@ -230,27 +234,38 @@ DUMMY = "stable_baselines3/common/vec_env/dummy_vec_env.py"
 CHEETAH = "gymnasium/envs/mujoco/half_cheetah_v5.py"
 
 
+def _first_line(cls_name: str) -> int:
+    """First line of ``step_wait`` of ``pbrl.agents.sb3.<cls_name>`` (cProfile's key)."""
+    import pbrl.agents.sb3 as sb3_mod
+
+    return getattr(sb3_mod, cls_name).step_wait.__code__.co_firstlineno
+
+
 def group_pebble(p: Prof) -> list[tuple[str, float]]:
     """PEBBLE's profile in rows (seconds, profiled run); the last row is the rest."""
     total = p.cum((ONLINE, "run"))
     intrinsic = p.cum((BUFFER, "_intrinsic"))
     reset_upd = p.cum((SB3_SAC, "train"), caller=(ONLINE, "_first_feedback"))
     fb = p.cum((ONLINE, "_feedback_round"))
-    env = p.cum((DUMMY, "step_wait"), caller=("pbrl/agents/sb3.py", "step_wait"))
+    # pbrl/agents/sb3.py has two step_wait: the learned-reward wrapper's and PbrlDummyVecEnv's
+    # (SB3's DummyVecEnv without the deepcopy of infos), which it calls to step the env.
+    reward_wait = ("pbrl/agents/sb3.py", "step_wait", _first_line("LearnedRewardVecEnv"))
+    dummy_wait = ("pbrl/agents/sb3.py", "step_wait", _first_line("PbrlDummyVecEnv"))
+    env = p.cum(dummy_wait, caller=reward_wait) + p.cum((DUMMY, "step_wait"), caller=reward_wait)
     rows = [
         (
             "SAC gradient updates (`SAC.train`, k-NN excluded)",
             p.cum((SB3_SAC, "train")) - intrinsic - reset_upd,
         ),
         ("action sampling (`_sample_action`)", p.cum((OFFPOL, "_sample_action"))),
-        ("env stepping (`DummyVecEnv.step_wait`)", env),
+        ("env stepping (`PbrlDummyVecEnv.step_wait`)", env),
         (
             "  of which MuJoCo `HalfCheetahEnv.step` (+ final eval episode)",
             -p.cum((CHEETAH, "step")),
         ),
         (
             "learned reward per step (`LearnedRewardVecEnv.step_wait` - env)",
-            p.cum(("pbrl/agents/sb3.py", "step_wait")) - env,
+            p.cum(reward_wait) - env,
         ),
         ("replay-buffer add (`PbrlReplayBuffer.add`)", p.cum((BUFFER, "add"))),
         ("intrinsic k-NN reward (pre-training, in `SAC.train`)", intrinsic),
