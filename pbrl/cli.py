@@ -8,6 +8,7 @@ Hydra. A run is resumed by ``pbrl-train <run dir>``, ``pbrl-resume <run dir>`` o
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -60,11 +61,20 @@ def resume_args(run_dir: Path, extra: list[str]) -> list[str]:
     return [*overrides, *extra, f"hydra.run.dir={run_dir}", "resume=true", RESUME_OUTPUT]
 
 
-def prepare_argv(argv: list[str]) -> list[str]:
+def prepare_argv(
+    argv: list[str],
+    is_run_dir: Callable[[Path], bool] = _is_run_dir,
+    latest: Callable[[], Path | None] = latest_run,
+    command: str = "pbrl",
+    what: str = "run",
+    marker: str = "config.yaml",
+) -> list[str]:
     """Turn the resume forms into plain Hydra overrides.
 
     ``<run dir>`` (a positional path) becomes that run's original overrides plus
     ``hydra.run.dir=<run dir> resume=true``; ``resume=true`` alone picks the latest run.
+    The other arguments let another command use the same rules for its own runs
+    (``pbrl-front``: its run test, its latest run, and the words of its error messages).
     """
     positional = [a for a in argv if not a.startswith("-") and "=" not in a]
     rest = [a for a in argv if a not in positional]
@@ -72,18 +82,20 @@ def prepare_argv(argv: list[str]) -> list[str]:
         if len(positional) > 1:
             raise ResumeError(f"give at most one run directory, got {positional}")
         run_dir = Path(positional[0])
-        if not _is_run_dir(run_dir):
+        if not is_run_dir(run_dir):
             raise ResumeError(
-                f"{run_dir} is not a pbrl run directory (no config.yaml in it); "
-                "pass overrides as key=value, or the directory of an earlier run to resume it"
+                f"{run_dir} is not a {command} run directory (no {marker} in it); "
+                f"pass overrides as key=value, or the directory of an earlier {what} to resume it"
             )
         return resume_args(run_dir, rest)
     if "resume=true" not in argv:
         return argv
     if not any(a.startswith("hydra.run.dir=") for a in argv):
-        run_dir = latest_run()
+        run_dir = latest()
         if run_dir is None:
-            raise ResumeError(f"resume=true but there is no run under {RUNS.resolve()} to resume")
+            raise ResumeError(
+                f"resume=true but there is no {what} under {RUNS.resolve()} to resume"
+            )
         argv = [*argv, f"hydra.run.dir={run_dir}"]
     return [*argv, RESUME_OUTPUT]
 

@@ -30,7 +30,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from pbrl.cli import OVERRIDES, RESUME_OUTPUT, RUNS, ResumeError, config_diff, resume_args
+from pbrl.cli import OVERRIDES, RUNS, ResumeError, config_diff
+from pbrl.cli import prepare_argv as train_prepare_argv
 from pbrl.morl.cmorl import CMORL, Archive, CMORLConfig, eval_env_factory
 from pbrl.morl.envs import default_ref_point, objective_names
 from pbrl.morl.metrics import EvalProtocol
@@ -320,31 +321,19 @@ def latest_front_run(root: Path = RUNS) -> Path | None:
 
 
 def prepare_argv(argv: list[str]) -> list[str]:
-    """Turn the resume forms into Hydra overrides, as :func:`pbrl.cli.prepare_argv` does.
+    """Turn the resume forms into Hydra overrides with :func:`pbrl.cli.prepare_argv`'s rules.
 
     ``pbrl-front <run dir> [overrides]`` continues that run with its own overrides;
     ``pbrl-front resume=true`` continues the latest front run under ``runs/``.
     """
-    positional = [a for a in argv if not a.startswith("-") and "=" not in a]
-    rest = [a for a in argv if a not in positional]
-    if positional:
-        if len(positional) > 1:
-            raise ResumeError(f"give at most one run directory, got {positional}")
-        run_dir = Path(positional[0])
-        if not _is_front_run(run_dir):
-            raise ResumeError(
-                f"{run_dir} is not a pbrl-front run directory (no front config.yaml in it); "
-                "pass overrides as key=value, or the directory of an earlier front run to resume it"
-            )
-        return resume_args(run_dir, rest)
-    if "resume=true" not in argv:
-        return argv
-    if not any(a.startswith("hydra.run.dir=") for a in argv):
-        run_dir = latest_front_run()
-        if run_dir is None:
-            raise ResumeError(f"resume=true but there is no front run under {RUNS.resolve()}")
-        argv = [*argv, f"hydra.run.dir={run_dir}"]
-    return [*argv, RESUME_OUTPUT]
+    return train_prepare_argv(
+        argv,
+        is_run_dir=_is_front_run,
+        latest=latest_front_run,
+        command="pbrl-front",
+        what="front run",
+        marker="front config.yaml",
+    )
 
 
 @hydra.main(config_path="../configs/front", config_name="front", version_base="1.3")
