@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT", "Checkpointed", "read_checkpoint", "write_checkpoint"]
 
 CHECKPOINT = "checkpoint"
 
@@ -53,3 +54,28 @@ def read_checkpoint(run_dir: Path, map_location: str | None = None) -> dict[str,
         if path.exists():
             return torch.load(path, weights_only=False, map_location=map_location)
     return None
+
+
+class Checkpointed:
+    """Mixin for a run object: :meth:`save_checkpoint` and :meth:`try_resume` on ``run_dir``.
+
+    The class provides ``run_dir``, ``step``, ``state_dict()`` and ``load_state_dict(state)``;
+    ``checkpoint_map_location`` is passed to ``torch.load`` (the GPU loop loads onto the CPU
+    first).
+    """
+
+    run_dir: Path
+    checkpoint_map_location: str | None = None
+
+    def save_checkpoint(self) -> Path:
+        """Atomically replace ``run_dir/checkpoint/`` with this run's state."""
+        return write_checkpoint(self.run_dir, self.state_dict(), self.step)  # type: ignore[attr-defined]
+
+    def try_resume(self) -> bool:
+        """Load the run directory's checkpoint if there is one; True if resumed."""
+        state = read_checkpoint(self.run_dir, map_location=self.checkpoint_map_location)
+        if state is None:
+            return False
+        self.load_state_dict(state)  # type: ignore[attr-defined]
+        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)  # type: ignore[attr-defined]
+        return True

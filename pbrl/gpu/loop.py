@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from pbrl.checkpoint import Checkpointed
 from pbrl.data import QueryBatch, SegmentBatch
 from pbrl.gpu.ppo import PPOConfig, SegmentPool, TorchPPO, knn_intrinsic_reward
 from pbrl.gpu.sim import TASKS, BatchedMujocoEnv
-from pbrl.loops.online import (
-    RunError,
-    feedback_batch_size,
-    read_checkpoint,
-    resolve_device,
-    write_checkpoint,
-)
+from pbrl.loops.online import RunError, feedback_batch_size, resolve_device
 from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
 from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
@@ -84,13 +78,15 @@ def ppo_config(a: DictConfig) -> PPOConfig:
     )
 
 
-class GpuPreferenceLoop:
+class GpuPreferenceLoop(Checkpointed):
     """One PrefPPO run with simulator, policy and reward ensemble on ``cfg.device``.
 
     Args:
         cfg: the composed Hydra config (``pbrl/configs/train.yaml`` with ``agent=gpu_ppo``).
         run_dir: where TensorBoard events, checkpoints, the feedback store and the config go.
     """
+
+    checkpoint_map_location = "cpu"  # device tensors load onto the CPU, then move
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         self.cfg = cfg
@@ -547,19 +543,6 @@ class GpuPreferenceLoop:
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-
-    def save_checkpoint(self) -> Path:
-        """Atomically replace ``run_dir/checkpoint/state.pt``."""
-        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
-
-    def try_resume(self) -> bool:
-        """Load the run directory's checkpoint if there is one; True if resumed."""
-        state = read_checkpoint(self.run_dir, map_location="cpu")
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-        return True
 
     def close(self) -> None:
         """Close the writer, the store, the envs (and a human teacher's server)."""

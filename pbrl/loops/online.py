@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,12 @@ from pbrl.agents.sb3 import (
     sb3_state,
 )
 from pbrl.buffer import PbrlReplayBuffer
-from pbrl.checkpoint import CHECKPOINT, read_checkpoint, write_checkpoint  # noqa: F401 (re-exported)
+from pbrl.checkpoint import (  # noqa: F401 (CHECKPOINT and the functions: re-exported)
+    CHECKPOINT,
+    Checkpointed,
+    read_checkpoint,
+    write_checkpoint,
+)
 from pbrl.data import Label, QueryBatch, SegmentBatch
 from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
@@ -93,7 +97,7 @@ def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-class PreferenceLoop:
+class PreferenceLoop(Checkpointed):
     """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
 
     Args:
@@ -656,19 +660,6 @@ class PreferenceLoop:
         if "vecnorm" in state:
             for k, v in state["vecnorm"].items():
                 setattr(self.vecnorm, k, v)
-
-    def save_checkpoint(self) -> Path:
-        """Atomically replace ``run_dir/checkpoint/state.pt``."""
-        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
-
-    def try_resume(self) -> bool:
-        """Load the run directory's checkpoint if there is one; True if resumed."""
-        state = read_checkpoint(self.run_dir)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-        return True
 
     def close(self) -> None:
         """Close the writer, the store and the envs (and stop a human teacher's server)."""

@@ -29,14 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl import envs as pbrl_envs
+from pbrl.checkpoint import CHECKPOINT, Checkpointed
 from pbrl.cli import OVERRIDES, ResumeError, config_diff, prepare_argv
-from pbrl.loops.online import (
-    CHECKPOINT,
-    RunError,
-    read_checkpoint,
-    resolve_device,
-    write_checkpoint,
-)
+from pbrl.loops.online import RunError, resolve_device
 from pbrl.offline.cpl import CPLAgent, CPLConfig
 from pbrl.offline.data import BatchSampler, DatasetFormatError, PairBatch, load_preferences
 from pbrl.offline.dataset import DatasetError
@@ -55,7 +50,7 @@ def _fields(cls: type, cfg: DictConfig) -> dict[str, Any]:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
 
 
-class OfflineRun:
+class OfflineRun(Checkpointed):
     """One offline training run (CPL family, P-IQL or OPPO) writing into ``run_dir``.
 
     The loop: sample a batch from the dataset tensors, update, and every so often log,
@@ -243,19 +238,6 @@ class OfflineRun:
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-
-    def save_checkpoint(self) -> Path:
-        """Atomically replace ``run_dir/checkpoint/state.pt`` (as the online loop does)."""
-        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
-
-    def try_resume(self) -> bool:
-        """Load the run directory's checkpoint if there is one; True if resumed."""
-        state = read_checkpoint(self.run_dir)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-        return True
 
     def close(self) -> None:
         """Close the writer and the envs."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pbrl import envs as pbrl_envs
 from pbrl.agents.sb3 import PbrlSAC, load_sb3_state, make_logger, make_vec_env, sb3_state
 from pbrl.buffer import PbrlReplayBuffer
+from pbrl.checkpoint import Checkpointed
 from pbrl.data import QueryBatch, SegmentBatch
 from pbrl.envs.base import PbrlEnv, find_wrapper
 from pbrl.rewards.ot import CostName, Transform, ot_rewards
@@ -747,7 +747,7 @@ def _cfg_get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-class RaplRun:
+class RaplRun(Checkpointed):
     """One SAC run on the RAPL reward (or a baseline reward) writing into ``run_dir``.
 
     Args:
@@ -1066,23 +1066,6 @@ class RaplRun:
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-
-    def save_checkpoint(self) -> Path:
-        """Atomically replace ``run_dir/checkpoint/`` (the online loop's writer)."""
-        from pbrl.checkpoint import write_checkpoint
-
-        return write_checkpoint(self.run_dir, self.state_dict(), self.step)
-
-    def try_resume(self) -> bool:
-        """Load ``run_dir``'s checkpoint if there is one; True if resumed."""
-        from pbrl.checkpoint import read_checkpoint
-
-        state = read_checkpoint(self.run_dir)
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        print(f"resumed {self.run_dir} at step {self.step:,}", file=sys.stderr)
-        return True
 
     def close(self) -> None:
         """Close the writer and the envs."""
