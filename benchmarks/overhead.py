@@ -54,6 +54,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Overhead (PEBBLE vs plain SAC)"
 TARGET = 1.10
 BASELINE_FUSED = False  # set from --baseline-fused
+LOAD = ["?"]  # 1-minute load average when the benchmark started
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +166,154 @@ def run_pebble(cfg: DictConfig, profiler: cProfile.Profile | None = None) -> dic
         "tail": tail[0],
         "queries": labels,
     }
+
+
+class Timers:
+    """Wall time accumulated in chosen methods of chosen objects (a light profile).
+
+    Each wrapped call costs ~1 µs, against ~10 ms of SAC update per env step, so unlike
+    cProfile this does not distort the run it measures; the benchmark's ratio comes from the
+    same run as its breakdown.
+    """
+
+    def __init__(self) -> None:
+        self.acc: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, obj: Any, name: str, key: str) -> None:
+        fn = getattr(obj, name)
+        self.acc.setdefault(key, 0.0)
+        self.calls.setdefault(key, 0)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.acc[key] += time.perf_counter() - t
+                self.calls[key] += 1
+
+        setattr(obj, name, timed)
+
+
+def run_interleaved(cfg: DictConfig, chunk: int) -> dict[str, Any]:
+    """Both arms in one process, alternating every ``chunk`` env steps.
+
+    Plain SAC goes on with ``learn(chunk, reset_num_timesteps=False)``, PEBBLE with
+    ``PreferenceLoop.run(until=...)`` (the same steps as one ``run()``; tested in
+    tests/test_loop.py). Which arm goes first alternates from chunk to chunk. A slow drift of
+    the machine's speed (other tenants, frequency) then hits both arms alike, where two whole
+    runs one after the other each see a different stretch of it. Both arms' main pieces are
+    timed as they run (:class:`Timers`): the breakdown is of the measured run itself.
+    """
+    from pbrl.loops.online import PreferenceLoop
+
+    total = int(cfg.num_train_steps)
+    sac = make_sac(cfg)
+    acc: dict[str, Any] = {"sac": 0.0, "sac_cpu": 0.0, "pebble": 0.0, "pebble_cpu": 0.0}
+    tm = Timers()
+    with tempfile.TemporaryDirectory(prefix="pbrl-overhead-") as tmp:
+        loop = PreferenceLoop(cfg, Path(tmp) / "run")
+        tail = _time_methods(loop, ("_evaluate", "save_checkpoint"))
+        for arm, model in (("sac", sac), ("pebble", loop.model)):
+            tm.wrap(model, "train", f"{arm}.train")
+            tm.wrap(model, "collect_rollouts", f"{arm}.collect")
+            tm.wrap(model, "_sample_action", f"{arm}.action")
+            tm.wrap(model.env, "step_wait", f"{arm}.env")
+            tm.wrap(model.replay_buffer, "add", f"{arm}.add")
+        buf, learner = loop.buffer, loop.learner
+        tm.wrap(buf, "_intrinsic", "pebble.knn")
+        tm.wrap(buf, "_flush_rewards", "pebble.fill")
+        tm.wrap(buf, "relabel", "pebble.relabel")
+        tm.wrap(learner, "train", "pebble.reward_train")
+        tm.wrap(loop, "_feedback_round", "pebble.feedback")
+        tm.wrap(loop, "_first_feedback", "pebble.first_feedback")
+        # the critic reset and its reset_update SAC updates: _first_feedback minus its round
+        first_feedback = loop._first_feedback
+
+        def first_feedback_split() -> None:
+            fb0 = tm.acc["pebble.feedback"]
+            t0 = time.perf_counter()
+            first_feedback()
+            acc["reset"] = time.perf_counter() - t0 - (tm.acc["pebble.feedback"] - fb0)
+
+        loop._first_feedback = first_feedback_split
+
+        def step_sac() -> None:
+            n = min(chunk, total - sac.num_timesteps)
+            if n > 0:
+                sac.learn(n, reset_num_timesteps=sac.num_timesteps == 0, progress_bar=False)
+
+        def step_pebble() -> None:
+            if loop.step < total:
+                loop.run(until=min(loop.step + chunk, total))
+                if loop.step >= total:
+                    loop.run()  # the end-of-run tail (forced evaluation + checkpoint)
+
+        i = 0
+        while sac.num_timesteps < total or loop.step < total:
+            order = (("sac", step_sac), ("pebble", step_pebble))
+            for arm, fn in order if i % 2 == 0 else order[::-1]:
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                acc[arm] += time.perf_counter() - t0
+                acc[f"{arm}_cpu"] += time.process_time() - c0
+            i += 1
+        assert sac.num_timesteps == total and loop.step == total, (sac.num_timesteps, loop.step)
+        acc["queries"] = loop.queries_used
+        loop.close()
+    sac.env.close()
+    acc["tail"] = tail[0]
+    acc["train"] = acc["pebble"] - tail[0]
+    acc["timers"] = dict(tm.acc)
+    return acc
+
+
+def table_breakdown(res: dict[str, Any]) -> str:
+    """Where each arm's time went in an interleaved run (seconds, from :class:`Timers`)."""
+    t = res["timers"]
+    # the reset_update SAC updates also count in pebble.train: taken out there
+    reset_upd = res.get("reset", 0.0)
+    upd_p = t["pebble.train"] - t["pebble.knn"] - t["pebble.fill"] - reset_upd
+    rows = [
+        ("SAC gradient updates (`SAC.train`)", t["sac.train"], upd_p),
+        ("  k-NN state-entropy reward (pre-training, in sampling)", 0.0, t["pebble.knn"]),
+        ("  deferred learned rewards filled in sampling", 0.0, t["pebble.fill"]),
+        ("action sampling (`_sample_action`)", t["sac.action"], t["pebble.action"]),
+        ("env step (+ learned-reward wrapper)", t["sac.env"], t["pebble.env"]),
+        ("replay-buffer add", t["sac.add"], t["pebble.add"]),
+        (
+            "rest of `collect_rollouts`",
+            t["sac.collect"] - t["sac.action"] - t["sac.env"] - t["sac.add"],
+            t["pebble.collect"] - t["pebble.action"] - t["pebble.env"] - t["pebble.add"],
+        ),
+        ("feedback rounds (`_feedback_round`)", 0.0, t["pebble.feedback"]),
+        ("  reward-model training", 0.0, t["pebble.reward_train"]),
+        ("  relabelling the buffer", 0.0, t["pebble.relabel"]),
+        (
+            "  queries, teacher, store",
+            0.0,
+            t["pebble.feedback"] - t["pebble.reward_train"] - t["pebble.relabel"],
+        ),
+        ("critic reset + `reset_update` SAC updates", 0.0, reset_upd),
+        ("end of run: forced evaluation + checkpoint", 0.0, res["tail"]),
+    ]
+    top = [r for r in rows if not r[0].startswith("  ")]
+    counted_s = sum(r[1] for r in top)
+    counted_p = sum(r[2] for r in top) + t["pebble.knn"] + t["pebble.fill"]
+    rest = ("rest (SB3 loop, logging, chunking)", res["sac"] - counted_s, res["pebble"] - counted_p)
+    rows.append(rest)
+    rows.append(("total", res["sac"], res["pebble"]))
+    lines = [
+        "| where | plain SAC s | PEBBLE s | extra s | extra as % of SAC |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a, b in rows:
+        label = name if not name.startswith("  ") else "&nbsp;&nbsp;" + name.strip()
+        lines.append(
+            f"| {label} | {a:.2f} | {b:.2f} | {b - a:+.2f} | {100 * (b - a) / res['sac']:+.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def _time_methods(obj: Any, names: tuple[str, ...]) -> list[float]:
@@ -568,6 +717,14 @@ def main() -> None:
         help="torch threads (default 1: on a shared 2-core box torch's default of 2 threads "
         "oversubscribes and made a 64-wide SAC update ~40x slower in our measurement)",
     )
+    p.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run both arms at once in this process, alternating every N env steps (drift "
+        "of the machine's speed then hits both alike); 0: whole runs one after the other",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile runs")
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
@@ -577,9 +734,22 @@ def main() -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     cfg = compose_cfg(args)
+    LOAD[0] = f"{os.getloadavg()[0]:.1f}"
     print(fmt_settings(args, cfg), flush=True)
     rows: list[dict[str, float]] = []
-    for i in range(args.repeats):
+    breakdown = ""
+    for i in range(args.repeats if args.interleave else 0):
+        res = run_interleaved(cfg, args.interleave)
+        print(
+            f"repeat {i} (interleaved every {args.interleave} steps): SAC {res['sac']:.1f} s "
+            f"wall / {res['sac_cpu']:.1f} s CPU, PEBBLE {res['pebble']:.1f} s wall / "
+            f"{res['pebble_cpu']:.1f} s CPU: ratio {res['pebble'] / res['sac']:.3f}",
+            flush=True,
+        )
+        rows.append(res)
+        breakdown = table_breakdown(res)
+        print(breakdown, flush=True)
+    for i in range(0 if args.interleave else args.repeats):
         # alternate which arm goes first so a slow drift hits both equally
         order = ("sac", "pebble") if i % 2 == 0 else ("pebble", "sac")
         res: dict[str, float] = {}
@@ -609,16 +779,29 @@ def main() -> None:
     cmd = "python benchmarks/overhead.py " + " ".join(sys.argv[1:])
     body = (
         f"Date: {dt.date.today().isoformat()}. Machine: {os.cpu_count()} CPU cores, no GPU "
-        f"({platform.processor() or platform.machine()}; shared with other jobs). Command: "
+        f"({platform.processor() or platform.machine()}; load average {LOAD[0]} at the "
+        f"start, {os.getloadavg()[0]:.1f} at the end). Command: "
         f"`{cmd}`.\n\n"
         f"Settings: {fmt_settings(args, cfg)}\n\n"
-        f"Median PEBBLE/SAC ratio over {args.repeats} alternated pairs: **{med:.3f}×** for the "
+        f"Median PEBBLE/SAC ratio over {args.repeats} "
+        + (
+            f"interleaved pairs (the two runs in step, alternating every {args.interleave} "
+            "env steps)"
+            if args.interleave
+            else "alternated pairs"
+        )
+        + f": **{med:.3f}×** for the "
         f"whole `run()` (target ≤ {TARGET:.2f}×: {verdict}); **{med_t:.3f}×** without the "
         f"end-of-run evaluation + checkpoint ({verdict_t}); **{med_c:.3f}×** in this process's "
-        "CPU time (`time.process_time`, torch on one thread), which other jobs on a shared "
-        "machine disturb far less than wall time.\n\n"
+        "CPU time (`time.process_time`, torch on one thread).\n\n"
         f"{ratio_table}\n"
     )
+    if args.interleave:
+        body += (
+            "\nWhere the time went in the last pair (timers on both arms' main methods during "
+            "the measured run, ~1 µs per call; sub-rows are part of the row above them):\n\n"
+            f"{breakdown}\n"
+        )
     if prof_table:
         body += (
             "\nWhere the time goes (one cProfile run of each arm; profiler overhead inflates "

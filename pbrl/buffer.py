@@ -11,7 +11,10 @@ index and the time index within the episode. On top it offers what PEBBLE needs:
 - :meth:`PbrlReplayBuffer.relabel`: rewrite every stored reward with the learned reward (B-Pref
   walks only the indices below the write pointer, which is wrong once the ring wraps);
 - an intrinsic-reward mode for the unsupervised phase (k-NN state entropy, see
-  :meth:`PbrlReplayBuffer.intrinsic_reward`).
+  :meth:`PbrlReplayBuffer.intrinsic_reward`);
+- deferred learned rewards (:meth:`PbrlReplayBuffer.defer_rewards`): new transitions get
+  their learned reward in one batched call when a sample first touches them, instead of one
+  call per env step.
 
 Array layout follows SB3: ``(buffer_size, n_envs, ...)`` where ``buffer_size`` is the capacity
 *per env column* (SB3 divides the requested size by ``n_envs``).
@@ -161,6 +164,11 @@ class PbrlReplayBuffer(ReplayBuffer):
         # Incremental k-NN table for the unsupervised phase (see _knn_table_sync).
         self.use_knn_table = True
         self._knn_reset()
+        # Deferred learned rewards (see defer_rewards): rows [start, start + count) of the
+        # ring, in write order, hold placeholders until _flush_rewards fills them.
+        self._defer_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+        self._pending_start = 0
+        self._pending_count = 0
 
     # ------------------------------------------------------------------------------------
     # writing
@@ -195,6 +203,13 @@ class PbrlReplayBuffer(ReplayBuffer):
         self.sim_state[p] = sim_state
         self.episode_index[p] = self._cur_episode
         self.time_in_episode[p] = self._cur_t
+        if self._defer_fn is not None:
+            if self._pending_count == 0:
+                self._pending_start = p
+            elif self._pending_count == self.buffer_size:  # the ring came round: fill first
+                self._flush_rewards()
+                self._pending_start = p
+            self._pending_count += 1
         super().add(obs, next_obs, action, reward, done_b.astype(np.float32), list(sb3_infos))
         # An episode ends at termination or truncation alike (SB3's `dones` covers both).
         self._cur_t += 1
@@ -266,6 +281,7 @@ class PbrlReplayBuffer(ReplayBuffer):
         """Forget all stored steps; live episodes keep their numbers and time indices."""
         super().reset()
         self._knn_reset()
+        self._pending_count = 0
         self.episode_index.fill(-1)
         self.time_in_episode.fill(-1)
 
@@ -420,6 +436,56 @@ class PbrlReplayBuffer(ReplayBuffer):
                     f"{r.shape}"
                 )
             out[s : s + chunk] = r.reshape(-1)
+        self._pending_count = 0  # every row now holds reward_fn's value
+
+    def defer_rewards(
+        self, reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+    ) -> None:
+        """Fill the rewards of transitions added from now on with ``reward_fn``, lazily.
+
+        ``add`` then keeps the rewards it is given only as placeholders (pass NaN, so a missed
+        fill cannot pass for a reward); the first :meth:`sample` that draws one of the
+        pending rows fills all of them with one ``reward_fn(obs, act)`` call, as do
+        :meth:`relabel` (which rewrites every row) and :meth:`flush_rewards`. The values are
+        those of calling ``reward_fn`` at each step (rows are independent), but the reward
+        model's weights are read once per batch of new rows instead of once per env step:
+        for B-Pref's 3 x 256 ensemble that is ~1.6 MB of weights, fetched cold after every
+        SAC update. ``None``: stop deferring (pending rows are filled first).
+        """
+        if reward_fn is None:
+            self._flush_rewards()
+        elif self._defer_fn is not None and self._defer_fn != reward_fn:
+            self._flush_rewards()  # rows pending so far belong to the previous function
+        self._defer_fn = reward_fn
+
+    @property
+    def pending_rewards(self) -> int:
+        """Rows (per env column) whose deferred reward is not yet filled."""
+        return self._pending_count
+
+    def flush_rewards(self) -> None:
+        """Fill every pending deferred reward now (see :meth:`defer_rewards`)."""
+        self._flush_rewards()
+
+    def _pending_rows(self) -> np.ndarray:
+        return (self._pending_start + np.arange(self._pending_count)) % self.buffer_size
+
+    def _flush_rewards(self) -> None:
+        if self._pending_count == 0:
+            return
+        if self._defer_fn is None:
+            raise RuntimeError("pending deferred rewards but no reward function to fill them")
+        rows = self._pending_rows()
+        obs = self.observations[rows].reshape(-1, *self.obs_shape).astype(np.float32)
+        act = self.actions[rows].reshape(-1, self.action_dim).astype(np.float32)
+        r = np.asarray(self._defer_fn(obs, act), np.float32)
+        if r.shape not in ((len(obs),), (len(obs), 1)):
+            raise ValueError(
+                f"reward_fn must return shape ({len(obs)},) for a batch of {len(obs)}, got "
+                f"{r.shape}"
+            )
+        self.rewards[rows] = r.reshape(len(rows), self.n_envs)
+        self._pending_count = 0
 
     # ------------------------------------------------------------------------------------
     # intrinsic reward (PEBBLE's unsupervised phase)
@@ -532,15 +598,22 @@ class PbrlReplayBuffer(ReplayBuffer):
         )
         new = ref[done:n]
         table = self._knn_table
-        # Rows of the new states: their k+1 nearest among all n states (self at distance 0).
-        table[done:n] = self._knn_smallest(new, ref[:n], need)
-        if done > 0:
+        if n - done <= 64:
+            # A few new states (every env step): one exact (n x m) distance pass serves both
+            # the new states' own rows and the older rows they enter.
+            d_all = torch.linalg.vector_norm(ref[:n, None, :] - new[None, :, :], dim=-1)
+            kk = min(need, n)
+            own = torch.topk(d_all.T, kk, dim=1, largest=False, sorted=True).values
+            table[done:n, :kk] = own
+            table[done:n, kk:] = torch.inf
+            d_new = d_all[:done]
+        else:
+            # Rows of the new states: their k+1 nearest among all n states (self at 0).
+            table[done:n] = self._knn_smallest(new, ref[:n], need)
+            # Older rows (below): the candidates of the two-stage search suffice.
+            d_new = self._knn_smallest(ref[:done], new, min(need, n - done)) if done else None
+        if done > 0 and d_new is not None:
             # Older rows: a new state enters a row's list where it beats its current (k+1)-th.
-            old = ref[:done]
-            if n - done <= 64:
-                d_new = torch.linalg.vector_norm(old[:, None, :] - new[None, :, :], dim=-1)
-            else:  # a big catch-up block: the candidates of the two-stage search suffice
-                d_new = self._knn_smallest(old, new, min(need, n - done))
             hit = torch.nonzero(d_new.min(dim=1).values < table[:done, -1]).reshape(-1)
             if len(hit):
                 merged = torch.cat([table[hit], d_new[hit]], dim=1)
@@ -590,6 +663,10 @@ class PbrlReplayBuffer(ReplayBuffer):
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
     ) -> ReplayBufferSamples:
         if self.reward_mode == "stored":
+            if self._pending_count and np.any(
+                (batch_inds - self._pending_start) % self.buffer_size < self._pending_count
+            ):
+                self._flush_rewards()
             return super()._get_samples(batch_inds, env=env)
         # Same global-RNG draw as SB3's own _get_samples, so both modes consume it alike.
         env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
@@ -646,6 +723,9 @@ class PbrlReplayBuffer(ReplayBuffer):
             cur_t=self._cur_t.copy(),
             next_episode=np.array(self._next_episode, np.int64),
             reward_mode=np.array(self.reward_mode),
+            # deferred rewards not yet filled (their rows hold placeholders): saved as they
+            # are, so a checkpoint never changes what the run computes next
+            pending=np.array([self._pending_start, self._pending_count], np.int64),
             rms=np.array(
                 [self.intrinsic_rms.mean, self.intrinsic_rms.var, self.intrinsic_rms.count],
                 np.float64,
@@ -688,6 +768,8 @@ class PbrlReplayBuffer(ReplayBuffer):
         self._cur_t = np.asarray(state["cur_t"], np.int64).copy()
         self._next_episode = int(state["next_episode"])
         self.set_reward_mode(str(state["reward_mode"]))  # type: ignore[arg-type]
+        pending = np.asarray(state.get("pending", (0, 0)), np.int64).reshape(2)
+        self._pending_start, self._pending_count = int(pending[0]), int(pending[1])
         mean, var, count = (float(v) for v in np.asarray(state["rms"], np.float64))
         self.intrinsic_rms.mean, self.intrinsic_rms.var, self.intrinsic_rms.count = (
             mean,

@@ -506,3 +506,65 @@ def test_incremental_knn_table_matches_the_search(rng, n_envs):
     assert buf.full
     check()
     assert buf._knn_done == 0
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_deferred_rewards_are_filled_when_first_sampled(rng, n_envs):
+    # PEBBLE's SAC gets the learned reward of new steps from the buffer in batches: pending
+    # rows hold the NaN placeholders until a sample draws one of them, then all are filled
+    # with reward_fn's values; checkpoints keep them pending; the ring may wrap meanwhile.
+    buf = make_buffer(capacity_per_env=16, n_envs=n_envs)
+    info = [{"true_reward": 1.0, "reward_factors": {"a": 0.0, "b": 0.0}, "sim_state": np.zeros(3)}]
+    calls: list[int] = []
+
+    def reward_fn(obs, act):
+        assert obs.dtype == np.float32 and act.dtype == np.float32
+        calls.append(len(obs))
+        return (obs[:, 0] * 10 + obs[:, 1] + act[:, 0]).astype(np.float32)
+
+    def want() -> np.ndarray:
+        o, a = buf.observations, buf.actions
+        return (o[..., 0] * 10 + o[..., 1] + a[..., 0]).astype(np.float32)
+
+    def add(steps: int) -> None:
+        for _ in range(steps):
+            obs = rng.normal(size=(n_envs, 4))
+            act = rng.uniform(-1, 1, (n_envs, 2)).astype(np.float32)
+            nan = np.full(n_envs, np.nan, np.float32)
+            buf.add(obs, obs, act, nan, np.zeros(n_envs), info * n_envs)
+
+    add(3)
+    buf.relabel(reward_fn)  # NaN rows before deferral: relabel fills everything
+    buf.defer_rewards(reward_fn)
+    add(5)
+    assert buf.pending_rewards == 5 and np.isnan(buf.rewards[3:8]).all()
+    # a sample of old rows only leaves the pending ones alone
+    buf._get_samples(np.array([0, 1, 2, 0]))
+    assert buf.pending_rewards == 5 and calls == [3 * n_envs]
+    # a state_dict round trip keeps them pending (a checkpoint changes nothing)
+    state = buf.state_dict()
+    other = make_buffer(capacity_per_env=16, n_envs=n_envs)
+    other.load_state_dict(state)
+    assert other.pending_rewards == 5 and np.isnan(other.rewards[3:8]).all()
+    # a sample that draws one pending row fills all of them in one call
+    samples = buf._get_samples(np.array([1, 6]))
+    assert buf.pending_rewards == 0 and calls[-1] == 5 * n_envs
+    np.testing.assert_allclose(buf.rewards[:8], want()[:8], rtol=1e-6)
+    assert np.isfinite(samples.rewards.numpy()).all()
+    # wrapping while rows are pending, then relabel and stopping deferral
+    add(20)
+    # 16 pending rows filled once when the ring came round to the oldest, 4 pending since
+    assert buf.full and buf.pending_rewards == 4 and calls[-1] == 16 * n_envs
+    pending = (buf.pos - 4 + np.arange(4)) % 16
+    assert np.isnan(buf.rewards[pending]).all()
+    done = np.setdiff1d(np.arange(16), pending)
+    np.testing.assert_allclose(buf.rewards[done], want()[done], rtol=1e-6)
+    buf.flush_rewards()
+    np.testing.assert_allclose(buf.rewards, want(), rtol=1e-6)
+    add(2)
+    buf.defer_rewards(None)  # stopping fills what is pending
+    assert buf.pending_rewards == 0 and np.isfinite(buf.rewards).all()
+    with pytest.raises(ValueError, match="reward_fn must return shape"):
+        buf.defer_rewards(lambda o, a: np.zeros((len(o), 2)))
+        add(1)
+        buf.flush_rewards()

@@ -296,7 +296,24 @@ class PreferenceLoop(Checkpointed):
         if not self.reward_active:
             # Rewards stored before the first reward training are relabelled (SAC) or unused.
             return np.zeros(len(obs), np.float32)
+        if self.defer_rewards:
+            # Placeholders: the replay buffer fills them in batches (see _defer_rewards).
+            return np.full(len(obs), np.nan, np.float32)
         return self.learner.reward_fn(obs, act)
+
+    @property
+    def defer_rewards(self) -> bool:
+        """Whether the replay buffer fills new transitions' learned rewards (SAC only).
+
+        With ``agent.defer_rewards`` they are computed in one batch when SAC first samples
+        them (same values, ~10x fewer passes over the reward ensemble's weights; see
+        :meth:`pbrl.buffer.PbrlReplayBuffer.defer_rewards`).
+        """
+        return self.algo == "sac" and bool(self.cfg.agent.get("defer_rewards", True))
+
+    def _defer_rewards(self) -> None:
+        if self.defer_rewards and self.reward_active:
+            self.buffer.defer_rewards(self.learner.reward_fn)
 
     @property
     def step(self) -> int:
@@ -309,14 +326,28 @@ class PreferenceLoop(Checkpointed):
         return int(self.cfg.agent.num_seed_steps) + int(self.cfg.agent.num_unsup_steps)
 
     # ------------------------------------------------------------------------------------
-    def run(self) -> dict[str, float]:
-        """Train until ``num_train_steps``; returns the last logged scalars."""
+    def run(self, until: int | None = None) -> dict[str, float]:
+        """Train until ``num_train_steps``; returns the last logged scalars.
+
+        Args:
+            until: stop once this many env steps are done (at most ``num_train_steps``) and
+                return without the end-of-run evaluation and checkpoint; a later ``run()``
+                continues from there on the same schedule, RNG streams and counters, so a run
+                made in pieces takes the same steps as one made at once (the benchmarks use
+                this to interleave two runs in one process). ``None``: to the end.
+        """
         cfg = self.cfg
         total = int(cfg.num_train_steps)
+        if until is not None and until <= self.step:
+            raise ValueError(
+                f"run(until={until}) must be after the current step {self.step}; pass a later "
+                "step or None (to the end of the run)"
+            )
+        end = total if until is None else min(int(until), total)
         self._save_config()
-        while self.step < total:
+        while self.step < end:
             self._set_phase()
-            stop = min(self._next_event(), total)
+            stop = min(self._next_event(), end)
             t0, s0 = time.perf_counter(), self.step
             self.model.learn(
                 total_timesteps=max(1, stop - self.step),
@@ -326,6 +357,8 @@ class PreferenceLoop(Checkpointed):
             )
             self._steps_chunk += self.step - s0
             self._after_chunk(time.perf_counter() - t0)
+        if self.step < total:
+            return dict(self.last)
         self._set_phase()
         self._evaluate(force=True)
         self._log(force=True)
@@ -474,6 +507,7 @@ class PreferenceLoop(Checkpointed):
         # --- Relabel ---
         if self.algo == "sac":
             self.buffer.relabel(self.learner.reward_fn)
+            self._defer_rewards()
 
         counts = self.store.counts()
         s = self.step
@@ -651,6 +685,7 @@ class PreferenceLoop(Checkpointed):
         self.teacher.load_state_dict(state["teacher"])
         for k, v in state["loop"].items():
             setattr(self, k, v)
+        self._defer_rewards()
         rng = state["rng"]
         self.rng.bit_generator.state = rng["loop"]
         self.eval_rng.bit_generator.state = rng["eval"]
