@@ -257,3 +257,20 @@ def test_state_dict_round_trip_continues_identically(rng, tmp_path):
     wrong = BTRewardLearner(DO, DA, hidden=8, n_layers=2)
     with pytest.raises(ValueError, match="hidden"):
         wrong.load_state_dict(state)
+
+
+def test_small_batches_in_numpy_only_while_blas_stays_single_threaded(rng):
+    # The NumPy fast path (one row per env step) must agree with torch's forward, and hand
+    # batches over to torch before OpenBLAS would start (and then spin) its worker threads.
+    from pbrl.rewards.bradley_terry import RewardEnsemble
+
+    ens = RewardEnsemble(17, 6, ensemble_size=3, hidden=256, n_layers=3)
+    assert ens._numpy_rows == 6  # 6 x 256 x 256 is still one thread; 8 rows spun a core here
+    small = RewardEnsemble(17, 6, ensemble_size=3, hidden=64, n_layers=3)
+    assert small._numpy_rows == 64  # capped by _SMALL_BATCH
+    for rows in (1, 6, 7, 40):
+        o = rng.normal(size=(rows, 17)).astype(np.float32)
+        a = rng.uniform(-1, 1, (rows, 6)).astype(np.float32)
+        with torch.no_grad():
+            want = ens(torch.cat([torch.as_tensor(o), torch.as_tensor(a)], -1), per_member=False)
+        np.testing.assert_allclose(ens.predict(o, a), want.mean(0).numpy(), rtol=1e-5, atol=1e-6)

@@ -32,19 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl.checkpoint import Checkpointed
-from pbrl.data import QueryBatch, SegmentBatch
+from pbrl.data import SegmentBatch
 from pbrl.gpu.ppo import PPOConfig, SegmentPool, TorchPPO, knn_intrinsic_reward
 from pbrl.gpu.sim import TASKS, BatchedMujocoEnv
-from pbrl.loops.online import RunError, feedback_batch_size, resolve_device
-from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
-from pbrl.queries import make_selector
-from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
-from pbrl.store import FeedbackStore
-from pbrl.teachers import make_teacher
+from pbrl.loops.feedback import FEEDBACK_STATE_KEYS, FeedbackRounds, RunError
+from pbrl.loops.online import resolve_device
+from pbrl.metrics import add_gif, evaluate
 
 
 def gpu_task(env_cfg: DictConfig) -> str:
@@ -78,7 +75,7 @@ def ppo_config(a: DictConfig) -> PPOConfig:
     )
 
 
-class GpuPreferenceLoop(Checkpointed):
+class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
     """One PrefPPO run with simulator, policy and reward ensemble on ``cfg.device``.
 
     Args:
@@ -123,45 +120,18 @@ class GpuPreferenceLoop(Checkpointed):
             self.env.make_cpu_env(seed=seed + 10_000 + i) for i in range(int(cfg.eval.episodes))
         ]
 
-        r = cfg.reward
-        self.true_reward = r.name == "true_reward"
-        if not self.true_reward and r.name != "bradley_terry":
-            raise RunError(
-                f"agent=gpu_ppo supports reward=bradley_terry or true_reward, got {r.name!r}"
-            )
-        self.learner = (
-            None
-            if self.true_reward
-            else BTRewardLearner(
-                self.obs_dim,
-                self.act_dim,
-                ensemble_size=r.ensemble_size,
-                hidden=r.hidden,
-                n_layers=r.n_layers,
-                lr=r.lr,
-                batch_size=r.batch_size,
-                max_epochs=r.max_epochs,
-                acc_target=r.acc_target,
-                label_margin=r.label_margin,
-                device=self.device,
-                seed=seed,
-            )
+        # reward learner, teacher, queries, store: pbrl.loops.feedback, as the CPU loop. Only
+        # the plain Bradley-Terry ensemble: the device reward is its member mean (HERON's
+        # normalisation and the regret model's advantage are not applied on the device).
+        self._init_feedback(
+            self.obs_dim,
+            self.act_dim,
+            self.env_name,
+            {},
+            device=self.device,
+            seed=seed,
+            rewards=("bradley_terry",),
         )
-        t = OmegaConf.to_container(cfg.teacher, resolve=True)
-        assert isinstance(t, dict)
-        if t.get("name") == "human":
-            t.update(
-                store=self.run_dir / "feedback.sqlite",
-                state_dir=self.run_dir / "human",
-                env_name=self.env_name,
-                env_kwargs={},
-            )
-        self.teacher = make_teacher(t.pop("name"), seed=seed, **t)
-        if hasattr(self.teacher, "banner"):
-            print(self.teacher.banner(), flush=True)
-        self.selector = make_selector(cfg.query.name)
-        self.uniform = make_selector("uniform")
-        self.store = FeedbackStore(self.run_dir / "feedback.sqlite")
 
         self.ppo = TorchPPO(
             self.obs_dim,
@@ -190,21 +160,11 @@ class GpuPreferenceLoop(Checkpointed):
         self.obs, _ = self.env.reset(seed=seed)
         self.writer = SummaryWriter(str(self.run_dir))
 
-        self.round = 0
-        self.queries_used = 0
-        self.feedback_started = False
-        self.reward_active = False
-        self.last_feedback_step = 0
         self.next_eval = int(cfg.eval.every)
         self.next_log = int(cfg.log.every)
         self.next_video = int(cfg.log.video_every) if cfg.log.video_every else math.inf
         self.next_ckpt = int(cfg.checkpoint.every) if cfg.checkpoint.every else math.inf
-        h = int(cfg.segment_size)
-        self.labelled_obs = np.zeros((0, 2, h, self.obs_dim), np.float32)
-        self.labelled_act = np.zeros((0, 2, h, self.act_dim), np.float32)
-        self.labelled_target = np.zeros(0, np.float32)
         self.recent_returns: list[float] = []
-        self.last: dict[str, float] = {}
         self._last_logged = -1
         self._t_chunk, self._steps_chunk = time.perf_counter(), 0
 
@@ -320,74 +280,12 @@ class GpuPreferenceLoop(Checkpointed):
             while self.next_ckpt <= self.step:
                 self.next_ckpt += int(cfg.checkpoint.every)
 
-    def _feedback_round(self, first: bool = False) -> None:
-        cfg = self.cfg
-        assert self.learner is not None
-        self.last_feedback_step = self.step
-        m = feedback_batch_size(cfg, self.step, self.queries_used)
-        if m == 0:
-            return
-        selector = self.uniform if first or not self.reward_active else self.selector
-        pool = m if selector is self.uniform else m * int(cfg.large_batch)
-        segs = self.pool.sample(2 * pool, int(cfg.segment_size), self.gen)
-        ids = [f"r{self.round:05d}-c{i:05d}" for i in range(pool)]
-        candidates = QueryBatch.from_members([segs[:pool], segs[pool:]], ids=ids)
-        labelled = None
-        if len(self.labelled_target):
-            labelled = QueryBatch.from_members(
-                [
-                    SegmentBatch(self.labelled_obs[:, j], self.labelled_act[:, j], None)
-                    for j in (0, 1)
-                ]
-            )
-        queries = selector.select(
-            candidates,
-            m,
-            model=self.learner if self.reward_active else None,
-            labelled=labelled,
-            rng=self.rng,
-        )
-        self.store.add_queries(queries, step=self.step)
-        if hasattr(self.teacher, "set_episode_return") and self.recent_returns:
-            self.teacher.set_episode_return(
-                float(np.mean(self.recent_returns[-10:])), self.max_episode_steps
-            )
-        if hasattr(self.teacher, "set_progress"):
-            self.teacher.set_progress(
-                step=self.step,
-                total_steps=int(cfg.num_train_steps),
-                queries_used=self.queries_used,
-                max_feedback=int(cfg.max_feedback),
-                accuracy=self.last.get("pref/accuracy_heldout"),
-            )
-        feedback = self.teacher.label(queries)
-        self.store.add(feedback)
-        self.queries_used += len(queries)
-        self.round += 1
-        obs, act, target = self.store.training_arrays(since=len(self.labelled_target))
-        self.labelled_obs = np.concatenate([self.labelled_obs, obs])
-        self.labelled_act = np.concatenate([self.labelled_act, act])
-        self.labelled_target = np.concatenate([self.labelled_target, target])
-        if len(self.labelled_target) == 0:
-            return
-        try:
-            stats = self.learner.train(self.labelled_obs, self.labelled_act, self.labelled_target)
-        except NonFiniteLossError as err:
-            path = self.run_dir / f"nonfinite_batch_step{self.step}.npz"
-            np.savez(path, **err.batch)
-            raise RunError(
-                f"reward-model loss became non-finite at env step {self.step} ({err}); the "
-                f"offending batch is saved in {path}"
-            ) from err
-        self.reward_active = True
-        counts = self.store.counts()
-        s = self.step
-        self._scalar("losses/reward", stats["loss"], s)
-        self._scalar("pref/accuracy_labelled", stats["accuracy"], s)
-        self._scalar("reward/train_epochs", stats["epochs"], s)
-        self._scalar("pref/queries", self.queries_used, s)
-        self._scalar("pref/skips", counts["skip"], s)
-        self._scalar("pref/equals", counts["equal"], s)
+    # hooks of FeedbackRounds (pbrl/loops/feedback.py): the round itself is shared
+    def _candidate_segments(self, n: int) -> SegmentBatch:
+        return self.pool.sample(n, int(self.cfg.segment_size), self.gen)
+
+    def _recent_return(self) -> float | None:
+        return float(np.mean(self.recent_returns[-10:])) if self.recent_returns else None
 
     # ------------------------------------------------------------------------------------
     def _policy(self, obs: np.ndarray) -> np.ndarray:
@@ -429,74 +327,26 @@ class GpuPreferenceLoop(Checkpointed):
             self.next_eval += int(cfg.eval.every)
 
     def _reward_quality(self, s: int) -> None:
-        n = int(self.cfg.heldout_pairs)
         try:
-            segs = self.pool.sample(2 * n, int(self.cfg.segment_size), self.eval_gen)
+            segs = self.pool.sample(
+                2 * int(self.cfg.heldout_pairs), int(self.cfg.segment_size), self.eval_gen
+            )
         except ValueError:
             return
-        first, second = segs[:n], segs[n:]
-        ret0, ret1 = first.returns, second.returns
-        target = np.where(ret1 > ret0, 1.0, np.where(ret1 < ret0, 0.0, 0.5))
-        assert self.learner is not None
-        probs = self.learner.member_probs(first.without_reward(), second.without_reward())
-        self._scalar("pref/accuracy_heldout", preference_accuracy(probs, target), s)
         obs, act, true_r = self.pool.sample_transitions(4096, self.eval_gen)
         pred = self._device_reward(obs, act).cpu().numpy()
-        pearson, spearman = reward_correlation(pred, true_r.cpu().numpy())
-        self._scalar("reward/pearson", pearson, s)
-        self._scalar("reward/spearman", spearman, s)
+        self._reward_quality_from(s, segs, (pred, true_r.cpu().numpy()))
 
-    def _scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
-        self.last[tag] = float(value)
-
-    def _log(self, force: bool = False) -> None:
-        cfg, s = self.cfg, self.step
-        if (not force and s < self.next_log) or s == self._last_logged:
-            return
-        self._last_logged = s
-        dt = time.perf_counter() - self._t_chunk
-        sps = self._steps_chunk / dt if dt > 0 else float("nan")
-        self._t_chunk, self._steps_chunk = time.perf_counter(), 0
-        self._scalar("charts/sps", sps, s)
-        counts = self.store.counts()
-        labels = counts["first"] + counts["second"] + counts["equal"]
-        self._scalar("pref/labels", labels, s)
-        if cfg.log.progress != "none":
-            ret = self.last.get("eval/true_return", float("nan"))
-            acc = self.last.get("pref/accuracy_heldout", float("nan"))
-            print(
-                f"[{cfg.agent.name} {cfg.env.name} s{cfg.seed} {self.device}] step {s:,}/"
-                f"{int(cfg.num_train_steps):,} | labels {labels} ({self.queries_used}/"
-                f"{cfg.max_feedback} asked) | eval return {ret:.1f} | pref acc {acc:.3f} | "
-                f"{sps:.0f} steps/s",
-                flush=True,
-            )
-        while self.next_log <= s:
-            self.next_log += int(cfg.log.every)
-        self.writer.flush()
-
-    # ------------------------------------------------------------------------------------
-    def _save_config(self) -> None:
-        path = self.run_dir / "config.yaml"
-        if not path.exists():
-            OmegaConf.save(self.cfg, path, resolve=True)
+    def _progress_tag(self) -> str:
+        return f"{super()._progress_tag()} {self.device}"
 
     _LOOP_KEYS = (
-        "round",
-        "queries_used",
-        "feedback_started",
-        "reward_active",
-        "last_feedback_step",
+        *FEEDBACK_STATE_KEYS,
         "next_eval",
         "next_log",
         "next_video",
         "next_ckpt",
-        "labelled_obs",
-        "labelled_act",
-        "labelled_target",
         "recent_returns",
-        "last",
     )
 
     def state_dict(self) -> dict[str, Any]:

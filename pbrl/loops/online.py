@@ -47,17 +47,14 @@ from pbrl.checkpoint import (  # noqa: F401 (CHECKPOINT and the functions: re-ex
     read_checkpoint,
     write_checkpoint,
 )
-from pbrl.data import Label, QueryBatch, SegmentBatch
-from pbrl.metrics import add_gif, evaluate, preference_accuracy, reward_correlation
-from pbrl.queries import make_selector
-from pbrl.rewards import make_reward_learner
-from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
-from pbrl.store import FeedbackStore
-from pbrl.teachers import make_teacher
-
-
-class RunError(RuntimeError):
-    """A run cannot go on; the message says why and what was saved."""
+from pbrl.data import SegmentBatch
+from pbrl.loops.feedback import (  # noqa: F401 (RunError, feedback_batch_size: re-exported)
+    FEEDBACK_STATE_KEYS,
+    FeedbackRounds,
+    RunError,
+    feedback_batch_size,
+)
+from pbrl.metrics import add_gif, evaluate
 
 
 def resolve_device(device: str) -> str:
@@ -67,22 +64,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device={device!r} but CUDA is not available here; use device=auto or cpu")
     return device
-
-
-def feedback_batch_size(cfg: DictConfig, step: int, used: int) -> int:
-    """Queries in the next round (BPref ``reward_schedule``), capped by the remaining budget."""
-    m = cfg.reward_batch
-    total = cfg.num_train_steps
-    if cfg.reward_schedule == "decay":
-        frac = (total - step) / total
-        m = int(m * (frac if frac > 0 else 0.01))
-    elif cfg.reward_schedule == "increase":
-        m = int(m * total / (total - step + 1))
-    elif cfg.reward_schedule != "constant":
-        raise RunError(
-            f"unknown reward_schedule {cfg.reward_schedule!r}; valid: constant, decay, increase"
-        )
-    return max(0, min(m, cfg.max_feedback - used))
 
 
 def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
@@ -97,7 +78,7 @@ def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-class PreferenceLoop(Checkpointed):
+class PreferenceLoop(FeedbackRounds, Checkpointed):
     """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
 
     Args:
@@ -143,68 +124,14 @@ class PreferenceLoop(Checkpointed):
             for i in range(int(cfg.eval.episodes))
         ]
 
-        # --- reward learner, teacher, queries, store --------------------------------------
-        r = cfg.reward
-        # reward=true_reward: the agent sees the env's reward (the normaliser of B-Pref's
-        # protocol); no teacher is asked and no reward is learned.
-        self.true_reward = r.name == "true_reward"
-        self.learner = (
-            None
-            if self.true_reward
-            else make_reward_learner(  # regret / heron: BTRewardLearner subclasses
-                OmegaConf.to_container(r, resolve=True),
-                self.obs_dim,
-                self.act_dim,
-                device=self.device,
-                seed=seed,
-            )
-            if r.name in ("regret", "heron")
-            else BTRewardLearner(
-                self.obs_dim,
-                self.act_dim,
-                ensemble_size=r.ensemble_size,
-                hidden=r.hidden,
-                n_layers=r.n_layers,
-                lr=r.lr,
-                batch_size=r.batch_size,
-                max_epochs=r.max_epochs,
-                acc_target=r.acc_target,
-                label_margin=r.label_margin,
-                device=self.device,
-                seed=seed,
-            )
+        # --- reward learner, teacher, queries, store (pbrl.loops.feedback) ----------------
+        self._init_feedback(
+            self.obs_dim, self.act_dim, env_name, env_kwargs, device=self.device, seed=seed
         )
-        t = OmegaConf.to_container(cfg.teacher, resolve=True)
-        assert isinstance(t, dict)
-        if t.get("name") == "human":
-            # The labelling server reads the run's queries from the store file, renders clips
-            # with this env, and keeps its tokens and clip cache in the run directory.
-            t.update(
-                store=self.run_dir / "feedback.sqlite",
-                state_dir=self.run_dir / "human",
-                env_name=env_name,
-                env_kwargs=env_kwargs,
-            )
-        self.teacher = make_teacher(t.pop("name"), seed=seed, **t)
-        # HERON's level scale (reward.level_scale != 1) weighs each pair by the ranking level
-        # that decided it; only a hierarchical teacher reports that level.
-        self.uses_levels = bool(getattr(self.learner, "uses_levels", False))
-        if self.uses_levels and not callable(getattr(self.teacher, "levels_of", None)):
-            raise RunError(
-                f"reward.level_scale={r.get('level_scale')} needs the factor level that decided "
-                f"each pair, which only teacher=heron reports (got teacher={cfg.teacher.name}); "
-                "use teacher=heron or reward.level_scale=1"
-            )
-        if hasattr(self.teacher, "banner"):
-            print(self.teacher.banner(), flush=True)
-        self.selector = make_selector(cfg.query.name)
-        self.uniform = make_selector("uniform")
-        self.store = FeedbackStore(self.run_dir / "feedback.sqlite")
 
         # --- agent ------------------------------------------------------------------------
         a = cfg.agent
         sb3_kwargs = dict(OmegaConf.to_container(a.sb3, resolve=True) or {})
-        self.reward_active = False  # False until the first reward training
         self.phase_unsup = False
         buffer_kwargs = dict(
             state_dim=state_dim, factor_names=factor_names, env_name=env_name, knn_k=int(a.knn_k)
@@ -266,19 +193,10 @@ class PreferenceLoop(Checkpointed):
         self.model.set_logger(make_logger(self._sb3_scalar))
 
         # --- schedule state (checkpointed) ---------------------------------------------------
-        self.round = 0
-        self.queries_used = 0  # requested pairs, skipped ones included (BPref's budget)
-        self.feedback_started = False
-        self.last_feedback_step = 0
         self.next_eval = int(cfg.eval.every)
         self.next_log = int(cfg.log.every)
         self.next_video = int(cfg.log.video_every) if cfg.log.video_every else math.inf
         self.next_ckpt = int(cfg.checkpoint.every) if cfg.checkpoint.every else math.inf
-        self.labelled_obs = np.zeros((0, 2, int(cfg.segment_size), self.obs_dim), np.float32)
-        self.labelled_act = np.zeros((0, 2, int(cfg.segment_size), self.act_dim), np.float32)
-        self.labelled_target = np.zeros(0, np.float32)
-        self.labelled_levels = np.zeros(0, np.int64)  # deciding level per pair (HERON)
-        self.last: dict[str, float] = {}
         self._t_chunk = time.perf_counter()
         self._steps_chunk = 0
         self._last_logged = -1
@@ -425,110 +343,22 @@ class PreferenceLoop(Checkpointed):
                     batch_size=self.model.batch_size,
                 )
 
-    def _feedback_round(self, first: bool = False) -> None:
-        cfg = self.cfg
-        self.last_feedback_step = self.step
-        m = feedback_batch_size(cfg, self.step, self.queries_used)
-        if m == 0:
-            return
-        # --- Gather new preferences ---
-        # Score-based rules need a trained model; until one exists (e.g. every pair of the
-        # first round was skipped) fall back to uniform, as the first round does.
-        selector = self.uniform if first or not self.reward_active else self.selector
-        pool = m if selector is self.uniform else m * int(cfg.large_batch)
-        segs = self.buffer.sample_segments(
-            2 * pool, int(cfg.segment_size), self.rng, recent_episodes=int(cfg.recent_episodes)
+    # hooks of FeedbackRounds (pbrl/loops/feedback.py): the round itself is shared
+    def _candidate_segments(self, n: int) -> SegmentBatch:
+        return self.buffer.sample_segments(
+            n, int(self.cfg.segment_size), self.rng, recent_episodes=int(self.cfg.recent_episodes)
         )
-        ids = [f"r{self.round:05d}-c{i:05d}" for i in range(pool)]
-        candidates = QueryBatch.from_members([segs[:pool], segs[pool:]], ids=ids)
-        labelled = self._labelled_queries()
-        queries = selector.select(
-            candidates,
-            m,
-            model=self.learner if self.reward_active else None,
-            labelled=labelled,
-            rng=self.rng,
-        )
-        self.store.add_queries(queries, step=self.step)
-        if hasattr(self.teacher, "set_episode_return") and self.model.ep_info_buffer:
-            recent = [ep["r"] for ep in list(self.model.ep_info_buffer)[-10:]]
-            self.teacher.set_episode_return(float(np.mean(recent)), self.max_episode_steps)
-        if hasattr(self.teacher, "set_progress"):  # shown on the labelling page
-            self.teacher.set_progress(
-                step=self.step,
-                total_steps=int(cfg.num_train_steps),
-                queries_used=self.queries_used,
-                max_feedback=int(cfg.max_feedback),
-                accuracy=self.last.get("pref/accuracy_heldout"),
-            )
-        feedback = self.teacher.label(queries)
-        if hasattr(self.teacher, "summary"):
-            for tag, value in self.teacher.summary().items():
-                self._scalar(f"human/{tag}", value, self.step)
-        # A human teacher's server has already committed these (adding them again is a no-op);
-        # labels that arrive after label() returns (mode=continue) reach training through
-        # store.training_arrays(since=...) below, in this or a later round.
-        self.store.add(feedback)
-        self.queries_used += len(queries)
-        self.round += 1
 
-        # --- Train reward model ---
-        obs, act, target = self.store.training_arrays(since=len(self.labelled_target))
-        self.labelled_obs = np.concatenate([self.labelled_obs, obs])
-        self.labelled_act = np.concatenate([self.labelled_act, act])
-        self.labelled_target = np.concatenate([self.labelled_target, target])
-        levels: dict[str, np.ndarray] = {}
-        if self.uses_levels:
-            # the new rows are this round's non-skip labels, in the order they were stored
-            kept = [f.query_id for f in feedback if f.label != Label.SKIP]
-            if len(kept) != len(target):
-                raise RunError(
-                    f"{len(target)} new labelled pairs but {len(kept)} non-skip labels this "
-                    "round: the deciding levels cannot be matched to the pairs"
-                )
-            new_levels = self.teacher.levels_of(kept)
-            self.labelled_levels = np.concatenate([self.labelled_levels, new_levels])
-            levels = {"levels": self.labelled_levels}
-        if len(self.labelled_target) == 0:
-            return  # every query so far was skipped: nothing to learn from yet
-        try:
-            stats = self.learner.train(
-                self.labelled_obs, self.labelled_act, self.labelled_target, **levels
-            )
-        except NonFiniteLossError as err:
-            path = self.run_dir / f"nonfinite_batch_step{self.step}.npz"
-            np.savez(path, **err.batch)
-            raise RunError(
-                f"reward-model loss became non-finite at env step {self.step} ({err}); the "
-                f"offending batch is saved in {path}"
-            ) from err
-        self.reward_active = True
+    def _recent_return(self) -> float | None:
+        if not self.model.ep_info_buffer:
+            return None
+        return float(np.mean([ep["r"] for ep in list(self.model.ep_info_buffer)[-10:]]))
 
-        # --- Relabel ---
+    def _after_reward_update(self) -> None:
         if self.algo == "sac":
             self.buffer.relabel(self.learner.reward_fn)
             self._defer_rewards()
 
-        counts = self.store.counts()
-        s = self.step
-        self._scalar("losses/reward", stats["loss"], s)
-        self._scalar("pref/accuracy_labelled", stats["accuracy"], s)
-        self._scalar("reward/train_epochs", stats["epochs"], s)
-        self._scalar("pref/queries", self.queries_used, s)
-        self._scalar("pref/labels", counts["first"] + counts["second"] + counts["equal"], s)
-        self._scalar("pref/skips", counts["skip"], s)
-        self._scalar("pref/equals", counts["equal"], s)
-
-    def _labelled_queries(self) -> QueryBatch | None:
-        if len(self.labelled_target) == 0:
-            return None
-        members = [
-            SegmentBatch(self.labelled_obs[:, j], self.labelled_act[:, j], None) for j in (0, 1)
-        ]
-        return QueryBatch.from_members(members)
-
-    # ------------------------------------------------------------------------------------
-    # measurement
     def _policy(self, obs: np.ndarray) -> np.ndarray:
         if self.algo == "ppo" and self.vecnorm is not None:
             obs = self.vecnorm.normalize_obs(obs)
@@ -559,25 +389,17 @@ class PreferenceLoop(Checkpointed):
 
     def _reward_quality(self, s: int) -> None:
         """Held-out preference accuracy and learned-vs-true reward correlation."""
-        n = int(self.cfg.heldout_pairs)
         try:
             segs = self.buffer.sample_segments(
-                2 * n,
+                2 * int(self.cfg.heldout_pairs),
                 int(self.cfg.segment_size),
                 self.eval_rng,
                 recent_episodes=int(self.cfg.recent_episodes),
             )
         except ValueError:
             return
-        first, second = segs[:n], segs[n:]
-        ret0, ret1 = first.returns, second.returns
-        target = np.where(ret1 > ret0, 1.0, np.where(ret1 < ret0, 0.0, 0.5))
-        probs = self.learner.member_probs(first.without_reward(), second.without_reward())
-        self._scalar("pref/accuracy_heldout", preference_accuracy(probs, target), s)
         obs, act, true_r = self.buffer.sample_transitions(4096, self.eval_rng)
-        pearson, spearman = reward_correlation(self.learner.reward_fn(obs, act), true_r)
-        self._scalar("reward/pearson", pearson, s)
-        self._scalar("reward/spearman", spearman, s)
+        self._reward_quality_from(s, segs, (self.learner.reward_fn(obs, act), true_r))
 
     def _video(self, states: list[np.ndarray], s: int) -> None:
         size = int(self.cfg.log.video_size)
@@ -589,43 +411,8 @@ class PreferenceLoop(Checkpointed):
     def _sb3_scalar(self, tag: str, value: float, step: int) -> None:
         self._scalar(tag, value, self.step)
 
-    def _scalar(self, tag: str, value: float, step: int) -> None:
-        self.writer.add_scalar(tag, value, step)
-        self.last[tag] = float(value)
-
-    def _log(self, force: bool = False) -> None:
-        cfg, s = self.cfg, self.step
-        if (not force and s < self.next_log) or s == self._last_logged:
-            return
-        self._last_logged = s
-        dt = time.perf_counter() - self._t_chunk
-        sps = self._steps_chunk / dt if dt > 0 else float("nan")
-        self._t_chunk, self._steps_chunk = time.perf_counter(), 0
-        self._scalar("charts/sps", sps, s)
-        counts = self.store.counts()
-        labels = counts["first"] + counts["second"] + counts["equal"]
-        self._scalar("pref/labels", labels, s)
-        if cfg.log.progress != "none":
-            ret = self.last.get("eval/true_return", float("nan"))
-            acc = self.last.get("pref/accuracy_heldout", float("nan"))
-            print(
-                f"[{cfg.agent.name} {self.env_name} s{cfg.seed}] step {s:,}/"
-                f"{int(cfg.num_train_steps):,} | labels {labels} ({self.queries_used}/"
-                f"{cfg.max_feedback} asked, {counts['skip']} skip, {counts['equal']} equal) | "
-                f"eval return {ret:.1f} | pref acc {acc:.3f} | {sps:.0f} steps/s",
-                flush=True,
-            )
-        while self.next_log <= s:
-            self.next_log += int(cfg.log.every)
-        self.writer.flush()
-
     # ------------------------------------------------------------------------------------
     # checkpoint / resume
-    def _save_config(self) -> None:
-        path = self.run_dir / "config.yaml"
-        if not path.exists():
-            OmegaConf.save(self.cfg, path, resolve=True)
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run bit-for-bit."""
         state: dict[str, Any] = {
@@ -637,22 +424,7 @@ class PreferenceLoop(Checkpointed):
             "teacher": self.teacher.state_dict(),
             "loop": {
                 k: getattr(self, k)
-                for k in (
-                    "round",
-                    "queries_used",
-                    "feedback_started",
-                    "last_feedback_step",
-                    "next_eval",
-                    "next_log",
-                    "next_video",
-                    "next_ckpt",
-                    "reward_active",
-                    "labelled_obs",
-                    "labelled_act",
-                    "labelled_target",
-                    "labelled_levels",
-                    "last",
-                )
+                for k in (*FEEDBACK_STATE_KEYS, "next_eval", "next_log", "next_video", "next_ckpt")
             },
             "rng": {
                 "loop": self.rng.bit_generator.state,

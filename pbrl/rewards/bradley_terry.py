@@ -98,6 +98,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 # Rows up to which CPU inference runs in NumPy (see RewardEnsemble._predict_small).
 _SMALL_BATCH = 64
+# NumPy's OpenBLAS runs a float32 (M, K) @ (K, N) on one thread up to M*K*N of about 4e5 and
+# on its thread pool above; its idle workers then busy-wait for ~0.1 s after every call, so
+# matmuls a few steps apart keep a second core spinning (measured here: an 8-row 256x256
+# product every 5 ms costs 1 s of CPU per second of wall time, a 6-row one 0.01 s). The NumPy
+# path therefore stops where a layer's product would leave the single-thread regime; larger
+# batches go through torch, whose threads torch.set_num_threads governs.
+_BLAS_SINGLE_THREAD_MKN = 393_216
 
 
 class RewardEnsemble(nn.Module):
@@ -241,7 +248,7 @@ class RewardEnsemble(nn.Module):
         o = obs.reshape(-1, self.obs_dim)
         a = act.reshape(-1, self.act_dim)
         dev = self.weights[0].device
-        if dev.type == "cpu" and len(o) <= _SMALL_BATCH:
+        if dev.type == "cpu" and len(o) <= self._numpy_rows:
             return self._predict_small(o, a).reshape(lead)
         chunk = chunk or _CHUNK_ROWS.get(dev.type, 65536)
         out = np.empty(len(o), np.float32)
@@ -256,11 +263,18 @@ class RewardEnsemble(nn.Module):
             out[s : s + chunk] = self(x, per_member=False).mean(0).cpu().numpy()
         return out.reshape(lead)
 
+    @property
+    def _numpy_rows(self) -> int:
+        """Most rows :meth:`predict` evaluates in NumPy (see ``_BLAS_SINGLE_THREAD_MKN``)."""
+        widest = max(int(w.shape[1]) * int(w.shape[2]) for w in self.weights)
+        return max(1, min(_SMALL_BATCH, _BLAS_SINGLE_THREAD_MKN // max(widest, 1)))
+
     def _predict_small(self, o: np.ndarray, a: np.ndarray) -> np.ndarray:
         """:meth:`predict` for a few rows on the CPU, in NumPy on views of the weights.
 
         An env step asks for one row per env; torch's per-operator dispatch costs more than
         the arithmetic there (about 3x in ``benchmarks/overhead.py``). Same math, float32.
+        Used up to :attr:`_numpy_rows` rows (the single-threaded BLAS regime).
         """
         params = self._param_list
         ptrs = tuple(p.data_ptr() for p in params)

@@ -127,6 +127,8 @@ def test_gpu_ppo_loop_runs_on_cpu(tmp_path) -> None:
         cfg = compose(config_name="train", overrides=overrides)
     final = run(cfg, tmp_path)
     assert final["pref/queries"] == 8  # two rounds of 4 within the budget
+    # the round is the CPU loop's (pbrl.loops.feedback): same scalars
+    assert final["pref/labels"] == 8 and final["pref/skips"] == 0
     assert np.isfinite(final["eval/true_return"])
     assert 0.0 <= final["pref/accuracy_heldout"] <= 1.0
     assert json.loads((tmp_path / "final_metrics.json").read_text())["pref/queries"] == 8
@@ -145,3 +147,10 @@ def test_gpu_ppo_loop_runs_on_cpu(tmp_path) -> None:
         torch.testing.assert_close(loop.env.get_sim_state(), state["env"]["sim_state"])
     finally:
         loop.close()
+    # rewards whose device evaluation this loop does not do stop at start-up, naming the valid
+    with initialize_config_module(config_module="pbrl.configs", version_base="1.3"):
+        bad = compose(config_name="train", overrides=[*overrides, "reward=heron"])
+    from pbrl.loops.feedback import RunError
+
+    with pytest.raises(RunError, match="supports reward=bradley_terry or true_reward"):
+        GpuPreferenceLoop(bad, tmp_path / "bad")
