@@ -56,7 +56,9 @@ def evaluate(
     """Run one episode in each of ``envs`` in lock-step, batching the policy over live envs.
 
     Args:
-        envs: PbrlEnv instances (one episode each; ``len(envs)`` episodes in total).
+        envs: PbrlEnv instances (one episode each; ``len(envs)`` episodes in total). The
+            true return sums ``info["true_reward"]`` (the env's returned reward where an info
+            lacks it), so an env with reward weights is still scored on the task's reward.
         policy: batched deterministic policy on raw observations.
         reward_fn: the learned reward (for the learned-return metric), or None.
         seed: episode ``i`` is reset with ``seed + i`` so evaluations are comparable.
@@ -81,7 +83,8 @@ def evaluate(
             o, r, term, trunc, info = envs[i].step(act[j])
             if record_states and i == 0:
                 states.append(info["sim_state"])
-            true_ret[i] += r
+            # The task's reward, also when the env returns an engineered one (reward_weights).
+            true_ret[i] += info["true_reward"] if "true_reward" in info else r
             length[i] += 1
             if "success" in info:
                 has_success = True

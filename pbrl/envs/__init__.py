@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,7 @@ def make_env(
     obs: str = "state",
     pixel_size: int | tuple[int, int] = 84,
     frame_stack: int = 3,
+    reward_weights: Mapping[str, float] | None = None,
     **kwargs: Any,
 ) -> gym.Env:
     """One env, reset with ``seed`` if given; episodes cut at ``max_episode_steps`` if given.
@@ -110,6 +111,11 @@ def make_env(
             RGB frames of ``pixel_size``, channel-first uint8, rendered from the sim state).
         pixel_size: frame size, ``int`` (square) or ``(height, width)``; pixels only.
         frame_stack: frames per observation; pixels only.
+        reward_weights: reward engineering — factor name -> weight (optionally ``"bias"``):
+            ``step`` returns ``sum_k w_k factor_k + bias`` while ``info["true_reward"]``, the
+            factors and the episode stats stay the true reward
+            (:meth:`~pbrl.envs.base.PbrlEnv.set_reward_weights`). From ``pbrl-train``:
+            ``'+env.kwargs.reward_weights={theta_sq:-1,theta_dot_sq:-0.5}'``.
         **kwargs: go to the suite's factory (e.g. ``gym.make`` options).
 
     The returned env is the suite's :class:`~pbrl.envs.base.PbrlEnv` (``obs="state"``) or a
@@ -118,12 +124,16 @@ def make_env(
     Raises:
         UnknownEnvError: ``name`` is not registered (the message lists what is).
         MissingExtraError: the suite's optional dependency is not installed.
+        ValueError: ``reward_weights`` names a factor the env does not have (the message lists
+            its factors).
     """
     if obs not in OBS_MODES:
         raise ValueError(f"obs must be one of {OBS_MODES}, got {obs!r}")
     env: gym.Env = spec(name).factory(seed=seed, **kwargs)
     if max_episode_steps is not None:
         env.set_max_episode_steps(max_episode_steps)  # type: ignore[attr-defined]
+    if reward_weights is not None:
+        env.set_reward_weights(reward_weights)  # type: ignore[attr-defined]
     if obs == "pixels":
         from pbrl.envs.pixels import PixelObservation
 

@@ -2,8 +2,9 @@
 
 A :class:`PbrlEnv` is a gymnasium wrapper whose ``step`` info carries:
 
-- ``"true_reward"`` — the env's own reward (also returned as the reward);
-- ``"reward_factors"`` — named reward terms (``env.factor_names``); the reward is the
+- ``"true_reward"`` — the env's own reward (also returned as the reward, unless reward
+  weights are set: see below);
+- ``"reward_factors"`` — named reward terms (``env.factor_names``); the true reward is the
   documented function :meth:`PbrlEnv.reward_from_factors` of them;
 - ``"sim_state"`` — the simulator state *before* the step, i.e. the state behind the
   observation the agent acted on (``reset`` info carries the initial one); frames are
@@ -13,11 +14,21 @@ A :class:`PbrlEnv` is a gymnasium wrapper whose ``step`` info carries:
 
 ``get_env_state``/``set_env_state`` capture and restore everything needed to continue the
 live episode bit-for-bit (used by checkpoints).
+
+Reward engineering (:meth:`PbrlEnv.set_reward_weights`, ``make_env(..., reward_weights=...)``,
+``pbrl-train '+env.kwargs.reward_weights={theta_sq:-1,theta_dot_sq:-0.5}'``): the reward that
+``step`` *returns* becomes a user-chosen weighted sum of the factors,
+``sum_k w_k * factor_k + bias`` (factors without a weight count 0), so an agent trained on the
+returned reward learns a hand-engineered reward. Everything that scores the task stays on the
+true reward: ``info["true_reward"]``, ``info["reward_factors"]``, the episode stats
+``info["episode"]["r"]``, the vector env's ``true_reward`` column, and hence the synthetic
+teachers and :func:`pbrl.metrics.evaluate`.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +44,59 @@ multisampling — on a CPU-only machine (Mesa llvmpipe) the 4096-pixel shadow ma
 about 100 ms a frame, so ``"fast"`` renders 10-15x faster at 256x256 (see
 ``benchmarks/env_speed.py``). Either way a stored state re-renders to exactly the live frame.
 """
+
+
+REWARD_BIAS_KEY = "bias"
+"""The key of a ``reward_weights`` mapping that holds the constant term, not a factor's weight."""
+
+
+def check_reward_weights(
+    weights: Mapping[str, float], factor_names: tuple[str, ...], env_name: str = "this env"
+) -> tuple[tuple[tuple[str, float], ...], float]:
+    """Validate a ``reward_weights`` mapping; ``((factor, weight), ...), bias``.
+
+    Args:
+        weights: factor name -> weight, plus optionally ``"bias"`` -> constant term.
+        factor_names: the env's ``factor_names``.
+        env_name: how error messages name the env.
+
+    Raises:
+        ValueError: an unknown factor name (the message lists the valid ones), a weight that is
+            not a finite number, no weight at all, or an env with a factor named ``"bias"``.
+    """
+    if not isinstance(weights, Mapping):
+        raise ValueError(
+            f"reward_weights must be a mapping factor name -> weight, got {type(weights).__name__}"
+        )
+    if REWARD_BIAS_KEY in factor_names:
+        raise ValueError(
+            f"{env_name} has a reward factor named {REWARD_BIAS_KEY!r}, which reward_weights "
+            "reserves for the constant term; reward weights are not supported on it"
+        )
+    valid = (*factor_names, REWARD_BIAS_KEY)
+    unknown = [str(k) for k in weights if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"reward_weights has unknown factor name(s) {unknown} for {env_name}; valid names: "
+            f"{', '.join(factor_names)} (and {REWARD_BIAS_KEY!r} for a constant term)"
+        )
+    out: dict[str, float] = {}
+    for k, v in weights.items():
+        try:
+            w = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"reward_weights[{k!r}] must be a number, got {v!r}") from None
+        if not math.isfinite(w):
+            raise ValueError(f"reward_weights[{k!r}] must be finite, got {w}")
+        out[str(k)] = w
+    if not any(k in factor_names for k in out):
+        raise ValueError(
+            f"reward_weights names no reward factor; give a weight to at least one of "
+            f"{', '.join(factor_names)}"
+        )
+    bias = out.pop(REWARD_BIAS_KEY, 0.0)
+    # In factor_names order, so the sum is computed in one fixed order whatever the mapping's.
+    return tuple((k, out[k]) for k in factor_names if k in out), bias
 
 
 def check_render_quality(quality: str) -> str:
@@ -65,6 +129,49 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         # written straight into the vector env's arrays instead of this step's info dict.
         self._columns: Any = None
         self._column = 0
+        # set_reward_weights: ((factor, weight), ...) and the bias; None = the true reward.
+        self._weights: tuple[tuple[str, float], ...] | None = None
+        self._bias = 0.0
+
+    @property
+    def reward_weights(self) -> dict[str, float] | None:
+        """The weights :meth:`set_reward_weights` set, or ``None`` (the true reward).
+
+        ``"bias"`` is included when it is nonzero.
+        """
+        if self._weights is None:
+            return None
+        out = dict(self._weights)
+        if self._bias != 0.0:
+            out[REWARD_BIAS_KEY] = self._bias
+        return out
+
+    def set_reward_weights(self, weights: Mapping[str, float] | None) -> None:
+        """Make ``step`` return ``sum_k weights[k] * factor_k + weights.get("bias", 0)``.
+
+        Reward engineering: the agent trains on the returned reward, while
+        ``info["true_reward"]``, the factors and the episode stats stay the task's true reward
+        (see the module docstring). Factors without a weight count 0. ``None`` restores the
+        true reward.
+
+        Args:
+            weights: factor name (from :attr:`factor_names`) -> weight, optionally ``"bias"``.
+
+        Raises:
+            ValueError: unknown factor names (the message lists the valid ones), non-numeric
+                weights, or an env that writes its reward in its own ``step``.
+        """
+        if weights is None:
+            self._weights, self._bias = None, 0.0
+            return
+        if not self.supports_info_columns:
+            raise ValueError(
+                f"{type(self).__name__} writes its reward in its own step, so reward_weights "
+                "cannot replace it; train on its true reward or a learned one"
+            )
+        self._weights, self._bias = check_reward_weights(
+            weights, tuple(self.factor_names), type(self).__name__
+        )
 
     def attach_info_columns(self, columns: Any, index: int) -> None:
         """Write the contract keys into ``columns`` (row ``index``), not the info dict.
@@ -132,7 +239,11 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         return obs, info
 
     def step(self, action):  # type: ignore[no-untyped-def,override]
-        """Step; adds the true reward, its factors and the pre-step state to ``info``."""
+        """Step; adds the true reward, its factors and the pre-step state to ``info``.
+
+        The returned reward is the true reward, or with :meth:`set_reward_weights` the
+        weighted sum of this step's factors.
+        """
         before = self._state
         obs, reward, terminated, truncated, info = self.env.step(action)
         reward = float(reward)
@@ -155,6 +266,10 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
             truncated = True
         if terminated or truncated:
             info["episode"] = {"r": self._ep_return, "l": self._ep_len}
+        if self._weights is not None:  # reward engineering: the agent's reward, not the task's
+            reward = self._bias
+            for k, w in self._weights:
+                reward += w * factors[k]
         return obs, reward, terminated, truncated, info
 
     def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:

@@ -59,7 +59,11 @@ class InfoColumns:
         state: np.ndarray,
         success: bool | None,
     ) -> None:
-        """Row ``i`` of a step: its reward, factors, pre-step state and success flag."""
+        """Row ``i`` of a step: its true reward, factors, pre-step state and success flag.
+
+        ``reward`` is the task's reward even when the sub-env returns an engineered one
+        (:meth:`~pbrl.envs.base.PbrlEnv.set_reward_weights`).
+        """
         if len(factors) != len(self.names):
             raise ValueError(
                 f"env {i} returned factors {sorted(factors)}, expected {self.names}; a "

@@ -101,6 +101,12 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
 
         a = cfg.agent
         env_kwargs = dict(cfg.env.get("kwargs") or {})
+        if env_kwargs.get("reward_weights") is not None:
+            raise RunError(
+                "env.kwargs.reward_weights (reward engineering) is applied by the CPU envs' "
+                "PbrlEnv, not by the batched GPU backend; use agent=pebble or agent=prefppo "
+                "with the CPU env, or drop reward_weights"
+            )
         task = gpu_task(cfg.env)
         self.env = BatchedMujocoEnv(
             task,
