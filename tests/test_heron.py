@@ -358,3 +358,45 @@ def test_online_loop_carries_levels_and_resumes_them(tmp_path):
         np.testing.assert_array_equal(again.labelled_levels, loop.labelled_levels)
     finally:
         again.close()
+
+
+def test_heron_on_franka_factors(tmp_path):
+    """HERON ranks a Franka task's own factors (push: object-to-goal > reach > control cost);
+    the stored labels are the tree's decisions on the stored segments' factors."""
+    pytest.importorskip("mujoco")
+    from hydra import compose, initialize_config_module
+
+    from pbrl.loops.online import PreferenceLoop
+    from pbrl.store import FeedbackStore
+
+    over = [
+        "experiment=fast",
+        "log.progress=none",
+        "env=franka_push",
+        "teacher=heron",
+        "reward=heron",
+        "teacher.factors=[obj_to_goal,reach_dist,ctrl_cost]",
+        "teacher.margin_mode=absolute",  # so the decisions can be recomputed from the store
+        "teacher.margins=[0.05,0.05,0.0]",
+        "num_train_steps=900",
+        "eval.every=900",
+        "eval.episodes=1",
+        "log.video_every=0",
+    ]
+    with initialize_config_module("pbrl.configs", version_base="1.3"):
+        cfg = compose("train", overrides=over)
+    loop = PreferenceLoop(cfg, tmp_path / "run")
+    try:
+        loop.run()
+    finally:
+        loop.close()
+    with FeedbackStore(tmp_path / "run" / "feedback.sqlite") as store:
+        feedback = store.feedback()
+        assert store.teacher_ids() == ["heron"] and len(feedback) == loop.queries_used > 0
+        queries = store.get_queries([f.query_id for f in feedback])
+    winner, level = loop.teacher.decide(queries)
+    code = {Label.FIRST: 0, Label.SECOND: 1, Label.SKIP: -1}
+    stored = np.array([code[f.label] for f in feedback])
+    np.testing.assert_array_equal(stored, winner)  # the stored labels are the tree's decisions
+    assert (level == 0).any() and (level > 0).any()  # the top factor and a lower one decided
+    assert np.isfinite(loop.last["eval/true_return"])
