@@ -725,7 +725,7 @@ class PbrlReplayBuffer(ReplayBuffer):
             reward_mode=np.array(self.reward_mode),
             # deferred rewards not yet filled (their rows hold placeholders): saved as they
             # are, so a checkpoint never changes what the run computes next
-            pending=np.array([self._pending_start, self._pending_count], np.int64),
+            deferred=np.array([self._pending_start, self._pending_count], np.int64),
             rms=np.array(
                 [self.intrinsic_rms.mean, self.intrinsic_rms.var, self.intrinsic_rms.count],
                 np.float64,
@@ -768,8 +768,8 @@ class PbrlReplayBuffer(ReplayBuffer):
         self._cur_t = np.asarray(state["cur_t"], np.int64).copy()
         self._next_episode = int(state["next_episode"])
         self.set_reward_mode(str(state["reward_mode"]))  # type: ignore[arg-type]
-        pending = np.asarray(state.get("pending", (0, 0)), np.int64).reshape(2)
-        self._pending_start, self._pending_count = int(pending[0]), int(pending[1])
+        deferred = np.asarray(state.get("deferred", (0, 0)), np.int64).reshape(2)
+        self._pending_start, self._pending_count = int(deferred[0]), int(deferred[1])
         mean, var, count = (float(v) for v in np.asarray(state["rms"], np.float64))
         self.intrinsic_rms.mean, self.intrinsic_rms.var, self.intrinsic_rms.count = (
             mean,
