@@ -103,10 +103,20 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    meta = run_dir / "checkpoint" / "meta.json"
+
+    def checkpoint_step() -> int:
+        # The writer swaps checkpoint/ for a new one (checkpoint.old in between): a poll can
+        # fall in that window, so a missing file means "look again", not an error.
+        for name in ("checkpoint", "checkpoint.old"):
+            try:
+                return int(json.loads((run_dir / name / "meta.json").read_text())["step"])
+            except FileNotFoundError:
+                continue
+        return -1
+
     deadline = time.time() + 240
     while time.time() < deadline:
-        if meta.exists() and json.loads(meta.read_text())["step"] >= 1500:
+        if checkpoint_step() >= 1500:
             break
         if proc.poll() is not None:
             pytest.fail("run finished before it could be killed: " + proc.stderr.read().decode())
