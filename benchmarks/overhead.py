@@ -151,7 +151,9 @@ def run_pebble(cfg: DictConfig, profiler: cProfile.Profile | None = None) -> dic
 
     with tempfile.TemporaryDirectory(prefix="pbrl-overhead-") as tmp:
         loop = PreferenceLoop(cfg, Path(tmp) / "run")
-        tail = _time_methods(loop, ("_evaluate", "save_checkpoint"))
+        tm = Timers()
+        for name in ("_evaluate", "save_checkpoint"):
+            tm.wrap(loop, name, "tail")
         t0, c0 = time.perf_counter(), time.process_time()
         with _profiling(profiler):
             loop.run()
@@ -162,8 +164,8 @@ def run_pebble(cfg: DictConfig, profiler: cProfile.Profile | None = None) -> dic
     return {
         "wall": wall,
         "cpu": cpu,
-        "train": wall - tail[0],
-        "tail": tail[0],
+        "train": wall - tm.acc["tail"],
+        "tail": tm.acc["tail"],
         "queries": labels,
     }
 
@@ -214,7 +216,8 @@ def run_interleaved(cfg: DictConfig, chunk: int) -> dict[str, Any]:
     tm = Timers()
     with tempfile.TemporaryDirectory(prefix="pbrl-overhead-") as tmp:
         loop = PreferenceLoop(cfg, Path(tmp) / "run")
-        tail = _time_methods(loop, ("_evaluate", "save_checkpoint"))
+        for name in ("_evaluate", "save_checkpoint"):
+            tm.wrap(loop, name, "pebble.tail")
         for arm, model in (("sac", sac), ("pebble", loop.model)):
             tm.wrap(model, "train", f"{arm}.train")
             tm.wrap(model, "collect_rollouts", f"{arm}.collect")
@@ -263,8 +266,8 @@ def run_interleaved(cfg: DictConfig, chunk: int) -> dict[str, Any]:
         acc["queries"] = loop.queries_used
         loop.close()
     sac.env.close()
-    acc["tail"] = tail[0]
-    acc["train"] = acc["pebble"] - tail[0]
+    acc["tail"] = tm.acc["pebble.tail"]
+    acc["train"] = acc["pebble"] - acc["tail"]
     acc["timers"] = dict(tm.acc)
     return acc
 
@@ -314,23 +317,6 @@ def table_breakdown(res: dict[str, Any]) -> str:
             f"| {label} | {a:.2f} | {b:.2f} | {b - a:+.2f} | {100 * (b - a) / res['sac']:+.1f} |"
         )
     return "\n".join(lines)
-
-
-def _time_methods(obj: Any, names: tuple[str, ...]) -> list[float]:
-    """Wrap ``obj.<name>`` for each name so the time spent in them accumulates in ``acc[0]``."""
-    acc = [0.0]
-    for name in names:
-        fn = getattr(obj, name)
-
-        def timed(*a: Any, _fn: Callable[..., Any] = fn, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return _fn(*a, **k)
-            finally:
-                acc[0] += time.perf_counter() - t
-
-        setattr(obj, name, timed)
-    return acc
 
 
 @contextlib.contextmanager

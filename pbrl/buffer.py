@@ -41,6 +41,18 @@ REWARD_MODES: tuple[str, ...] = ("stored", "intrinsic")
 _INFO_KEYS = ("true_reward", "reward_factors", "sim_state")
 
 
+def _rewards_of(
+    reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], obs: np.ndarray, act: np.ndarray
+) -> np.ndarray:
+    """``reward_fn(obs, act)`` as a flat ``(B,)`` array; float32 inputs, shape checked."""
+    r = np.asarray(reward_fn(obs, act.astype(np.float32)))
+    if r.shape not in ((len(obs),), (len(obs), 1)):
+        raise ValueError(
+            f"reward_fn must return shape ({len(obs)},) for a batch of {len(obs)}, got {r.shape}"
+        )
+    return r.reshape(-1)
+
+
 class RunningMeanStd:
     """Running mean and (population) variance of a scalar stream, merged batch by batch.
 
@@ -428,14 +440,9 @@ class PbrlReplayBuffer(ReplayBuffer):
         obs, act = self._flat(self.observations), self._flat(self.actions)
         out = self.rewards[: self.size()].reshape(-1)  # view: writes land in self.rewards
         for s in range(0, len(out), chunk):
-            o = obs[s : s + chunk].astype(np.float32)
-            r = np.asarray(reward_fn(o, act[s : s + chunk].astype(np.float32)))
-            if r.shape not in ((len(o),), (len(o), 1)):
-                raise ValueError(
-                    f"reward_fn must return shape ({len(o)},) for a batch of {len(o)}, got "
-                    f"{r.shape}"
-                )
-            out[s : s + chunk] = r.reshape(-1)
+            out[s : s + chunk] = _rewards_of(
+                reward_fn, obs[s : s + chunk].astype(np.float32), act[s : s + chunk]
+            )
         self._pending_count = 0  # every row now holds reward_fn's value
 
     def defer_rewards(
@@ -477,14 +484,8 @@ class PbrlReplayBuffer(ReplayBuffer):
             raise RuntimeError("pending deferred rewards but no reward function to fill them")
         rows = self._pending_rows()
         obs = self.observations[rows].reshape(-1, *self.obs_shape).astype(np.float32)
-        act = self.actions[rows].reshape(-1, self.action_dim).astype(np.float32)
-        r = np.asarray(self._defer_fn(obs, act), np.float32)
-        if r.shape not in ((len(obs),), (len(obs), 1)):
-            raise ValueError(
-                f"reward_fn must return shape ({len(obs)},) for a batch of {len(obs)}, got "
-                f"{r.shape}"
-            )
-        self.rewards[rows] = r.reshape(len(rows), self.n_envs)
+        act = self.actions[rows].reshape(-1, self.action_dim)
+        self.rewards[rows] = _rewards_of(self._defer_fn, obs, act).reshape(len(rows), self.n_envs)
         self._pending_count = 0
 
     # ------------------------------------------------------------------------------------
