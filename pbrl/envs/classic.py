@@ -117,15 +117,17 @@ class PendulumEnv(PbrlEnv):
         self._renderer: PendulumRenderer | None = None
 
     def _get_sim_state(self) -> np.ndarray:
+        out = np.empty(3, np.float64)
+        out[:2] = self._pend.state
         last_u = self._pend.last_u
-        th, thdot = self._pend.state
-        return np.array([th, thdot, np.nan if last_u is None else last_u], np.float64)
+        out[2] = np.nan if last_u is None else last_u
+        return out
 
     def _factors(self, info: dict[str, Any]) -> dict[str, float]:
         # From the pre-step state, as gymnasium's reward: PbrlEnv.step calls this before it
         # replaces self._state (the state the agent acted on) with the post-step one.
         assert self._state is not None
-        th, thdot = float(self._state[0]), float(self._state[1])
+        th, thdot, _ = self._state.tolist()
         th = (th + math.pi) % (2 * math.pi) - math.pi  # angle_normalize, on a Python float
         u = float(self._pend.last_u)  # the clipped torque gymnasium just applied
         return {"theta_sq": th * th, "theta_dot_sq": thdot * thdot, "torque_sq": u * u}

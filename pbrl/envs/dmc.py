@@ -45,7 +45,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from pbrl.envs.base import PbrlEnv, check_render_quality
+from pbrl.envs.base import PbrlEnv, check_render_quality, state_reader
 
 TASKS: dict[str, tuple[str, str]] = {
     "walker_walk": ("walker", "walk"),
@@ -146,8 +146,11 @@ class _DMCCore(gym.Env):
         self.physics.free()
 
 
-def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[], dict[str, float]]:
-    """A closure computing the task's reward factors from the live physics.
+def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[Any], dict[str, float]]:
+    """A closure ``f(info=None)`` computing the task's reward factors from the live physics.
+
+    (``info`` is ignored: the signature is :meth:`PbrlEnv._factors`'s, so the closure can
+    stand in for it without a second call per step.)
 
     Physics quantities are read from pre-resolved indices into flat views of the raw
     ``mjData`` arrays (the same entries the suite's ``Physics`` helpers read through named
@@ -166,7 +169,7 @@ def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[], dict[str, f
         ms = float(task._move_speed)
         move_tol = _lower_tolerance(ms, ms / 2, "linear", 0.5) if ms else (lambda x: 1.0)
 
-        def walker() -> dict[str, float]:
+        def walker(info: Any = None) -> dict[str, float]:
             height = float(xpos_z[0])
             speed = float(sensordata[vel_adr])
             return {
@@ -182,7 +185,7 @@ def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[], dict[str, f
         vel_adr = int(model.sensor_adr[model.name2id("torso_subtreelinvel", "sensor")])
         run_tol = _lower_tolerance(10.0, 10.0, "linear", 0.0)
 
-        def cheetah() -> dict[str, float]:
+        def cheetah(info: Any = None) -> dict[str, float]:
             speed = float(sensordata[vel_adr])
             return {"run": run_tol(speed), "speed": speed}
 
@@ -195,7 +198,7 @@ def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[], dict[str, f
         dev = float(np.cos(np.deg2rad(0)))
         upright_tol = _lower_tolerance(dev, 1.0 + dev, "linear", 0.0)
 
-        def quadruped() -> dict[str, float]:
+        def quadruped(info: Any = None) -> dict[str, float]:
             speed = float(sensordata[vel_adr])
             return {
                 "upright": upright_tol(float(xmat_zz[0])),
@@ -241,18 +244,23 @@ class DMCEnv(PbrlEnv):
         super().__init__(core, core.max_episode_steps)
         self.core = core
         self.factor_names = _FACTORS[domain]
-        self._compute_factors = _factor_fn(domain, core.physics, core.task)
         self._model_ptr, self._data_ptr = core.physics.model.ptr, core.physics.data.ptr
         self._state_size = mujoco.mj_stateSize(self._model_ptr, _STATE_SIG)
         self._saved: mujoco.MjData | None = None
+        # Per-step hooks as closures over their C arguments, bound on the instance (they
+        # shadow the methods below): no attribute lookups per step.
+        self._factors = _factor_fn(domain, core.physics, core.task)  # type: ignore[method-assign]
+        self._get_sim_state = state_reader(  # type: ignore[method-assign]
+            self._model_ptr, self._data_ptr, _STATE_SIG
+        )
 
-    def _get_sim_state(self) -> np.ndarray:
+    def _get_sim_state(self) -> np.ndarray:  # replaced per instance by state_reader
         out = np.empty(self._state_size, np.float64)
         mujoco.mj_getState(self._model_ptr, self._data_ptr, out, _STATE_SIG)
         return out
 
-    def _factors(self, info: dict[str, Any]) -> dict[str, float]:
-        return self._compute_factors()
+    def _factors(self, info: dict[str, Any]) -> dict[str, float]:  # replaced per instance
+        raise NotImplementedError  # pragma: no cover - DMCEnv.__init__ binds _factor_fn's
 
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
         """The task's reward from its factors (see the module table)."""

@@ -29,7 +29,7 @@ import mujoco
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from pbrl.envs.base import PbrlEnv, check_render_quality, find_wrapper
+from pbrl.envs.base import PbrlEnv, check_render_quality, find_wrapper, state_reader
 
 _RENDER_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
@@ -142,13 +142,23 @@ class GymMujocoEnv(PbrlEnv):
         self._data: mujoco.MjData = env.unwrapped.data
         self._state_size = mujoco.mj_stateSize(self._model, _RENDER_STATE)
         self._renderer: MujocoRenderer | None = None
+        # Bound per instance (shadowing the methods below): no attribute lookups per step.
+        self._get_sim_state = state_reader(  # type: ignore[method-assign]
+            self._model, self._data, _RENDER_STATE
+        )
+        names = tuple(factor_names)
 
-    def _get_sim_state(self) -> np.ndarray:
+        def factors(info: dict[str, Any]) -> dict[str, float]:
+            return {k: float(info[k]) for k in names}
+
+        self._factors = factors  # type: ignore[method-assign]
+
+    def _get_sim_state(self) -> np.ndarray:  # replaced per instance by state_reader
         out = np.empty(self._state_size, np.float64)
         mujoco.mj_getState(self._model, self._data, out, _RENDER_STATE)
         return out
 
-    def _factors(self, info: dict[str, Any]) -> dict[str, float]:
+    def _factors(self, info: dict[str, Any]) -> dict[str, float]:  # replaced per instance
         return {k: float(info[k]) for k in self.factor_names}
 
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:

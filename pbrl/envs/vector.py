@@ -29,27 +29,28 @@ class InfoColumns:
     """Per-env rows of the contract keys for one vector step (see the module docstring).
 
     Sub-envs call :meth:`put_step` / :meth:`put_state`; the vector env calls :meth:`clear`
-    before and :meth:`merge_into` after stepping them.
+    before and :meth:`merge_into` after stepping them. Rows are kept as Python lists (a list
+    store costs tens of nanoseconds, a numpy element store a few hundred) and become numpy
+    arrays once per vector step, in :meth:`merge_into`.
     """
 
     def __init__(self, n: int, factor_names: tuple[str, ...], state_dim: int):
         self.n, self.names = int(n), tuple(factor_names)
-        self.true_reward = np.zeros(n, np.float64)
-        self.factors = np.zeros((n, len(self.names)), np.float64)
-        self.sim_state = np.zeros((n, state_dim), np.float64)
-        self.success = np.zeros(n, np.bool_)
-        self.stepped = np.zeros(n, np.bool_)  # rows with true_reward and factors
-        self.has_state = np.zeros(n, np.bool_)
-        self.has_success = np.zeros(n, np.bool_)
-        # How many rows each mask has set (Python ints: cheaper than numpy's any()/all()).
-        self.n_stepped = self.n_state = self.n_success = 0
+        self.state_dim = int(state_dim)
+        self._ones = np.ones(self.n, np.bool_)  # copied for full masks (np.ones is slower)
+        self.rewards: list[float | None] = []
+        self.factors: list[Mapping[str, float] | None] = []
+        self.states: list[np.ndarray | None] = []
+        self.success: list[bool | None] = []
+        self.clear()
 
     def clear(self) -> None:
-        """Forget which rows were written (values are masked on the way out)."""
-        self.stepped.fill(False)
-        self.has_state.fill(False)
-        self.has_success.fill(False)
-        self.n_stepped = self.n_state = self.n_success = 0
+        """Forget the rows written (a row left ``None`` is masked out on the way out)."""
+        n = self.n
+        self.rewards = [None] * n
+        self.factors = [None] * n
+        self.states = [None] * n
+        self.success = [None] * n
 
     def put_step(
         self,
@@ -64,55 +65,74 @@ class InfoColumns:
         ``reward`` is the task's reward even when the sub-env returns an engineered one
         (:meth:`~pbrl.envs.base.PbrlEnv.set_reward_weights`).
         """
-        if len(factors) != len(self.names):
-            raise ValueError(
-                f"env {i} returned factors {sorted(factors)}, expected {self.names}; a "
-                "PbrlEnv's reward_factors must be exactly its factor_names"
-            )
-        self.true_reward[i] = reward
-        self.factors[i] = [factors[k] for k in self.names]
-        self.sim_state[i] = state
-        self.stepped[i] = True
-        self.has_state[i] = True
-        self.n_stepped += 1
-        self.n_state += 1
-        if success is not None:
-            self.success[i] = bool(success)
-            self.has_success[i] = True
-            self.n_success += 1
+        self.rewards[i] = reward
+        self.factors[i] = factors
+        self.states[i] = state
+        self.success[i] = success
 
     def put_state(self, i: int, state: np.ndarray) -> None:
         """Row ``i`` of a reset: only the initial state."""
-        self.sim_state[i] = state
-        self.has_state[i] = True
-        self.n_state += 1
+        self.states[i] = state
 
-    @staticmethod
-    def _masked(values: np.ndarray, mask: np.ndarray, full: bool) -> np.ndarray:
-        if full:
-            return values.copy()
-        m = mask.reshape(-1, *([1] * (values.ndim - 1)))
-        return np.where(m, values, np.zeros((), values.dtype))
+    def _factor_matrix(self, rows: list[Mapping[str, float]]) -> np.ndarray:
+        """``(len(names), len(rows))`` float64 factor values (one contiguous row per name)."""
+        names = self.names
+        if sum(map(len, rows)) != len(names) * len(rows) or not names:
+            for i, f in enumerate(rows):
+                if len(f) != len(names):
+                    raise ValueError(
+                        f"env {i} returned factors {sorted(f)}, expected {names}; a "
+                        "PbrlEnv's reward_factors must be exactly its factor_names"
+                    )
+        try:
+            values = [f[k] for k in names for f in rows]
+        except KeyError as err:
+            raise ValueError(
+                f"a sub-env's reward_factors lack {err}; expected exactly {names}"
+            ) from None
+        return np.array(values, np.float64).reshape(len(names), len(rows))
 
     def merge_into(self, infos: dict[str, Any]) -> dict[str, Any]:
-        """Add the written keys to ``infos`` exactly as gymnasium's ``_add_info`` would."""
-        stepped, n = self.stepped, self.n
-        if self.n_stepped:
-            full = self.n_stepped == n
-            infos["true_reward"] = self._masked(self.true_reward, stepped, full)
+        """Add the written keys to ``infos`` exactly as gymnasium's ``_add_info`` would.
+
+        Each key gets its own value array and its own boolean ``_key`` mask (fresh arrays
+        every step); rows not written this step are zeros, as gymnasium leaves them.
+        """
+        n, rewards, ones = self.n, self.rewards, self._ones
+        if None not in rewards:  # the common case: every sub-env stepped
+            stepped = ones
+            infos["true_reward"] = np.array(rewards, np.float64)
+            matrix = self._factor_matrix(self.factors)  # type: ignore[arg-type]
+        elif any(r is not None for r in rewards):
+            stepped = np.array([r is not None for r in rewards], np.bool_)
+            infos["true_reward"] = np.array([0.0 if r is None else r for r in rewards], np.float64)
+            rows = [f for f in self.factors if f is not None]
+            matrix = np.zeros((len(self.names), n), np.float64)
+            matrix[:, stepped] = self._factor_matrix(rows)
+        else:
+            stepped = None
+        if stepped is not None:
             infos["_true_reward"] = stepped.copy()
             rf: dict[str, Any] = {}
             for j, k in enumerate(self.names):
-                rf[k] = self._masked(self.factors[:, j], stepped, full)
+                rf[k] = matrix[j]
                 rf["_" + k] = stepped.copy()
             infos["reward_factors"] = rf
             infos["_reward_factors"] = stepped.copy()
-        if self.n_state:
-            infos["sim_state"] = self._masked(self.sim_state, self.has_state, self.n_state == n)
-            infos["_sim_state"] = self.has_state.copy()
-        if self.n_success:
-            infos["success"] = self._masked(self.success, self.has_success, self.n_success == n)
-            infos["_success"] = self.has_success.copy()
+        states = self.states  # (arrays: `None in states` would compare them elementwise)
+        if all(s is not None for s in states):
+            infos["sim_state"] = np.concatenate(states).reshape(n, self.state_dim)
+            infos["_sim_state"] = ones.copy()
+        elif any(s is not None for s in states):
+            has = np.array([s is not None for s in states], np.bool_)
+            out = np.zeros((n, self.state_dim), np.float64)
+            out[has] = [s for s in states if s is not None]
+            infos["sim_state"] = out
+            infos["_sim_state"] = has
+        success = self.success
+        if success.count(None) != n:
+            infos["success"] = np.array([bool(s) for s in success], np.bool_)
+            infos["_success"] = np.array([s is not None for s in success], np.bool_)
         return infos
 
 

@@ -410,3 +410,22 @@ def test_pbrl_vector_env_merges_infos_exactly_like_gymnasium(name: str, mode: st
     ours.close()
     # Closed: the sub-envs fill their own infos again.
     assert all(e._columns is None for e in ours.envs)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"theta_sq": 1.0}, "expected"),  # too few
+        ({"theta_sq": 1.0, "theta_dot_sq": 1.0, "torque_sq": 1.0, "x": 1.0}, "expected"),
+        ({"theta_sq": 1.0, "theta_dot_sq": 1.0, "oops": 1.0}, "lack 'torque_sq'"),
+    ],
+)
+def test_vector_env_rejects_a_sub_env_with_wrong_factor_names(bad: dict, match: str) -> None:
+    # The columns turn factor dicts into arrays once per vector step; a sub-env whose
+    # factors are not exactly its factor_names must be named, not silently misaligned.
+    v = envs.make("pendulum", num_envs=3, seed=0)
+    v.reset(seed=0)
+    v.envs[1]._factors = lambda info: dict(bad)
+    with pytest.raises(ValueError, match=match):
+        v.step(v.action_space.sample())
+    v.close()
