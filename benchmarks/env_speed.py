@@ -69,9 +69,10 @@ def _stepper(
 
 
 def _alternate(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tuple:
-    """Median seconds of ``a`` and ``b`` and the median of per-pair ratios ``a / b``."""
+    """Median seconds of ``a`` and ``b``, the median per-pair ratio ``a / b`` and the median
+    per-pair difference ``a - b`` (seconds)."""
     a(), b()  # warm-up
-    ta, tb, ratios = [], [], []
+    ta, tb, ratios, diffs = [], [], [], []
     for i in range(repeats):
         if i % 2 == 0:
             x, y = a(), b()
@@ -80,7 +81,13 @@ def _alternate(a: Callable[[], float], b: Callable[[], float], repeats: int) -> 
         ta.append(x)
         tb.append(y)
         ratios.append(x / y)
-    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+        diffs.append(x - y)
+    return (
+        statistics.median(ta),
+        statistics.median(tb),
+        statistics.median(ratios),
+        statistics.median(diffs),
+    )
 
 
 def bench_env(name: str, args: argparse.Namespace) -> dict[str, float]:
@@ -89,10 +96,11 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, float]:
     wrapped = envs.make_env(name, seed=0)
     raw = _raw(name, 0)
     acts = _actions(wrapped.action_space, args.block, seed=1)
-    tw, tr, ratio = _alternate(_stepper(wrapped, acts), _stepper(raw, acts), args.repeats)
+    tw, tr, ratio, diff = _alternate(_stepper(wrapped, acts), _stepper(raw, acts), args.repeats)
     out["single_pbrl"] = args.block / tw
     out["single_raw"] = args.block / tr
     out["single_overhead"] = ratio - 1.0
+    out["single_us"] = 1e6 * diff / args.block
 
     n = args.num_envs
     vw = envs.make(name, num_envs=n, seed=0)
@@ -102,10 +110,11 @@ def bench_env(name: str, args: argparse.Namespace) -> dict[str, float]:
     )
     vr.reset(seed=list(range(n)))
     vacts = _actions(vw.action_space, max(1, args.block // n), seed=2)
-    tw, tr, ratio = _alternate(_stepper(vw, vacts), _stepper(vr, vacts), args.repeats)
+    tw, tr, ratio, diff = _alternate(_stepper(vw, vacts), _stepper(vr, vacts), args.repeats)
     out["vector_pbrl"] = len(vacts) * n / tw
     out["vector_raw"] = len(vacts) * n / tr
     out["vector_overhead"] = ratio - 1.0
+    out["vector_us"] = 1e6 * diff / (len(vacts) * n)
     vw.close()
     vr.close()
 
@@ -157,18 +166,20 @@ def write_results(rows: list[tuple[str, str, dict[str, float]]], args: argparse.
         "stacked frames (wall time). Render: "
         "`render_state` frames/s from stored states at the default `render_quality='fast'` "
         "(no shadows/reflections/MSAA; `'full'` is 10-15x slower on CPU). Target: overhead "
-        "<= 5 % (state mode).",
+        "<= 5 % (state mode). `us/step`: the pbrl layer's cost per env step (median per-pair "
+        "time difference / steps): the part that is pbrl's, whatever the simulator costs.",
         "",
-        "| env | suite | single pbrl steps/s | single raw steps/s | overhead | "
-        "vector pbrl steps/s | vector raw steps/s | overhead | pixels steps/s | "
+        "| env | suite | single pbrl steps/s | single raw steps/s | overhead | us/step | "
+        "vector pbrl steps/s | vector raw steps/s | overhead | us/step | pixels steps/s | "
         "render 84 fps | render 256 fps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, suite, r in rows:
         lines.append(
             f"| {name} | {suite} | {r['single_pbrl']:.0f} | {r['single_raw']:.0f} | "
-            f"{100 * r['single_overhead']:+.1f} % | {r['vector_pbrl']:.0f} | "
-            f"{r['vector_raw']:.0f} | {100 * r['vector_overhead']:+.1f} % | "
+            f"{100 * r['single_overhead']:+.1f} % | {r['single_us']:.2f} | "
+            f"{r['vector_pbrl']:.0f} | {r['vector_raw']:.0f} | "
+            f"{100 * r['vector_overhead']:+.1f} % | {r['vector_us']:.2f} | "
             f"{r['pixels_sps']:.0f} | {r['render_84_fps']:.0f} | {r['render_256_fps']:.0f} |"
         )
     over = [r["single_overhead"] for _, _, r in rows]
@@ -189,8 +200,15 @@ def main() -> None:
     """Run the benchmark over the chosen envs and print a table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--envs", nargs="*", default=None, help="default: every buildable env")
-    p.add_argument("--block", type=int, default=2000, help="steps per timed block")
-    p.add_argument("--repeats", type=int, default=5, help="A/B pairs per measurement")
+    p.add_argument(
+        "--block", type=int, default=200, help="steps per timed block (vector: / num_envs)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=41,
+        help="A/B pairs per measurement (many short pairs: machine drift cancels)",
+    )
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
@@ -205,8 +223,10 @@ def main() -> None:
         rows.append((name, suite, r))
         print(
             f"{name:24s} single {r['single_pbrl']:8.0f} vs {r['single_raw']:8.0f} steps/s "
-            f"({100 * r['single_overhead']:+.1f} %) | vector {r['vector_pbrl']:8.0f} vs "
-            f"{r['vector_raw']:8.0f} ({100 * r['vector_overhead']:+.1f} %) | pixels "
+            f"({100 * r['single_overhead']:+.1f} %, {r['single_us']:.2f} us) | vector "
+            f"{r['vector_pbrl']:8.0f} vs "
+            f"{r['vector_raw']:8.0f} ({100 * r['vector_overhead']:+.1f} %, "
+            f"{r['vector_us']:.2f} us) | pixels "
             f"{r['pixels_sps']:6.0f} | render {r['render_84_fps']:6.0f} / "
             f"{r['render_256_fps']:5.0f} fps",
             flush=True,
