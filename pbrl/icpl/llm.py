@@ -193,11 +193,14 @@ class ChatClient:
         *,
         temperature: float | None = None,
         first_sample: int = 0,
+        tag: str | None = None,
     ) -> list[Completion]:
         """``k`` answers to ``messages`` (samples ``first_sample .. first_sample + k - 1``).
 
         Sample ``i`` of a prompt is cached under its own key, so asking again for more
-        samples later returns the stored ones first.
+        samples later returns the stored ones first. ``tag`` (e.g. the round, ``r2``) and the
+        sample index go to the server as the ``X-Pbrl-Tag`` / ``X-Pbrl-Sample`` headers (the
+        ``llm=manual`` relay names its files by them); neither is part of the cache key.
 
         Raises:
             LLMError: a request failed for good (the message names status and cause).
@@ -214,13 +217,17 @@ class ChatClient:
         }
         samples = list(range(first_sample, first_sample + int(k)))
         if self.concurrency == 1 or len(samples) == 1:
-            return [self._one(messages, params, s) for s in samples]
+            return [self._one(messages, params, s, tag) for s in samples]
         with ThreadPoolExecutor(min(self.concurrency, len(samples))) as pool:
-            return list(pool.map(lambda s: self._one(messages, params, s), samples))
+            return list(pool.map(lambda s: self._one(messages, params, s, tag), samples))
 
     # --- internals ------------------------------------------------------------------------
     def _one(
-        self, messages: Sequence[Message], params: Mapping[str, Any], sample: int
+        self,
+        messages: Sequence[Message],
+        params: Mapping[str, Any],
+        sample: int,
+        tag: str | None = None,
     ) -> Completion:
         key = cache_key(self.model, messages, params, sample)
         if self.cache is not None:
@@ -230,7 +237,8 @@ class ChatClient:
                     self.stats["cache_hits"] += 1
                 return Completion(str(hit["answer"]), key, True, hit.get("usage") or {})
         body = {"model": self.model, "messages": [dict(m) for m in messages], **params}
-        answer, usage = self._post(body)
+        hints = {"X-Pbrl-Sample": str(sample), **({"X-Pbrl-Tag": tag} if tag else {})}
+        answer, usage = self._post(body, hints)
         if self.cache is not None:
             self.cache.put(
                 key,
@@ -259,7 +267,9 @@ class ChatClient:
                 )
         return headers
 
-    def _post(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _post(
+        self, body: dict[str, Any], hints: Mapping[str, str] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         url = f"{self.base_url}/chat/completions"
         data = json.dumps(body).encode()
         last = ""
@@ -269,7 +279,8 @@ class ChatClient:
                     self.stats["retries"] += 1
             retry_after: float | None = None
             try:
-                req = urllib.request.Request(url, data=data, headers=self._headers(), method="POST")
+                headers = {**self._headers(), **(hints or {})}
+                req = urllib.request.Request(url, data=data, headers=headers, method="POST")
                 with self._lock:
                     self.stats["requests"] += 1
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -445,14 +456,33 @@ class LocalServer:
 
 def make_client(
     cfg: Mapping[str, Any], cache_dir: str | Path | None, seed: int = 0
-) -> tuple[ChatClient, LocalServer | None]:
-    """A client from an ``llm`` config group; ``name: local`` also starts the local server.
+) -> tuple[ChatClient, Any]:
+    """A client from an ``llm`` config group, and the server it talks to when pbrl starts one.
 
-    The caller stops the returned server (``None`` for remote endpoints).
+    ``name: local`` starts the local model server, ``name: manual`` the relay server
+    (:mod:`pbrl.icpl.relay`; needs ``relay_dir``). The caller stops the returned server
+    (``None`` for remote endpoints).
     """
     cfg = dict(cfg)
-    server = None
+    server: Any = None
     base_url, model = cfg.get("base_url"), cfg.get("model")
+    if cfg.get("name") == "manual":
+        from pbrl.icpl.relay import RelayServer
+
+        if not cfg.get("relay_dir"):
+            raise ValueError("llm=manual needs llm.relay_dir (the loop sets <run dir>/relay)")
+        server = RelayServer(
+            cfg["relay_dir"],
+            label=str(cfg.get("label") or ""),
+            answer_timeout=float(cfg.get("answer_timeout", 86400.0)),
+            poll=float(cfg.get("poll", 0.5)),
+            settle=float(cfg.get("settle", 1.0)),
+            alias=str(model or "manual"),
+        ).start()
+        base_url = server.base_url
+    timeout = float(cfg.get("timeout", 120.0))
+    if server is not None and cfg.get("name") == "manual":  # the client outwaits the relay
+        timeout = max(timeout, server.answer_timeout + 60.0)
     if cfg.get("name") == "local":
         server = LocalServer(
             cfg.get("model_path") or None,
@@ -471,7 +501,7 @@ def make_client(
         api_key_env=cfg.get("api_key_env"),
         temperature=float(cfg.get("temperature", 1.0)),
         max_tokens=int(cfg.get("max_tokens", 2048)),
-        timeout=float(cfg.get("timeout", 120.0)),
+        timeout=timeout,
         retries=int(cfg.get("retries", 5)),
         backoff=float(cfg.get("backoff", 1.0)),
         backoff_max=float(cfg.get("backoff_max", 60.0)),

@@ -48,6 +48,7 @@ from pbrl.icpl.prompting import (
     initial_messages,
     summary_messages,
 )
+from pbrl.icpl.relay import RelayServer
 from pbrl.icpl.sandbox import ProgramError, RewardSandbox, SandboxLimits, SandboxPolicy
 from pbrl.icpl.train import TrainSpec, random_transitions, train_candidate
 
@@ -101,16 +102,19 @@ class ICPLLoop:
         except ValueError as err:
             raise ICPLError(str(err)) from err
         self.env_name = str(cfg.env.name)
-        self.env_kwargs = dict(OmegaConf.to_container(cfg.env.get("kwargs") or {}, resolve=True))  # type: ignore[arg-type]
+        kwargs = cfg.env.get("kwargs")  # an empty DictConfig is falsy: not `or {}`
+        self.env_kwargs = dict(OmegaConf.to_container(kwargs, resolve=True) if kwargs else {})  # type: ignore[arg-type]
         self.context = env_context(self.env_name, self.env_kwargs)
         self.task = str(cfg.task)
-        self.server: LocalServer | None = None
+        self.server: LocalServer | RelayServer | None = None
         if client is None:
             llm_cfg = OmegaConf.to_container(cfg.llm, resolve=True)
             assert isinstance(llm_cfg, dict)
             cache = llm_cfg.pop("cache_dir", None) or self.run_dir / "llm_cache"
             if llm_cfg.get("name") == "local" and not llm_cfg.get("log_path"):
                 llm_cfg["log_path"] = str(self.run_dir / "llm_server.log")
+            if llm_cfg.get("name") == "manual" and not llm_cfg.get("relay_dir"):
+                llm_cfg["relay_dir"] = str(self.run_dir / "relay")
             client, self.server = make_client(llm_cfg, cache, seed=self.seed)
         self.client = client
         s = cfg.sandbox
@@ -194,7 +198,7 @@ class ICPLLoop:
         runnable = 0
         while runnable < k and len(candidates) < int(self.cfg.max_samples):
             want = min(k - runnable, int(self.cfg.max_samples) - len(candidates))
-            answers = self.client.chat(messages, k=want, first_sample=len(candidates))
+            answers = self.client.chat(messages, k=want, first_sample=len(candidates), tag=f"r{r}")
             for ans in answers:
                 cand = self._check(ans.text)
                 cand["answer_key"] = ans.key
@@ -401,7 +405,9 @@ class ICPLLoop:
                 "judged worse than", "not compared with"
             )
         try:
-            text = self.client.chat(msgs, k=1, temperature=0.0)[0].text
+            text = self.client.chat(msgs, k=1, temperature=0.0, tag=f"r{rnd['round']}-summary")[
+                0
+            ].text
         except Exception as err:  # noqa: BLE001  (a summary is optional)
             return f"(no summary: {err})"
         return " ".join(text.split())[:600]
