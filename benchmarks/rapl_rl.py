@@ -1,11 +1,16 @@
-"""SAC on RAPL's visual reward vs an unaligned encoder's and the true reward (X-Magical).
+"""SAC on RAPL's visual reward vs the RLHF, unaligned-encoder and true rewards (X-Magical).
 
-Three arms, each ``python -m pbrl.visual.train`` with the same SAC, env and seeds:
+Four arms, each ``python -m pbrl.visual.train`` with the same SAC, env and seeds:
 
 - **RAPL**: OT reward in the space of an EfficientNet-Lite0 + linear head (1280 -> 32)
   aligned on ``--triplets`` triplet queries answered by the simulated end-user
   (``xmagical_grouping``: "to the top, kept together") about ``--videos`` rollouts that mix
   the scripted expert with held random actions;
+- **RLHF**: the paper's RLHF baseline, a per-frame cost ``f`` = linear head (1280 -> 1) on
+  the same frozen backbone, trained with the Bradley-Terry loss on the *same* videos and
+  triplet queries (each ranked triplet gives its three pairs); reward ``-f`` standardised
+  over the videos' frames (``pbrl/visual/rlhf.py``), relabelled per finished episode like
+  the OT arms;
 - **ImNet-OT**: the same OT reward on the frozen pretrained backbone's 1280-d features (no
   preferences);
 - **true reward**: the env's own (sparse) reward, the fraction of debris in the goal zone.
@@ -14,7 +19,9 @@ The OT arms score each finished episode's frames (rendered from stored sim state
 112 x 112) against one scripted-expert demo (the best of four scripted episodes) and write
 the per-step rewards into the replay buffer (episode-level relabelling, ``pbrl/visual/rl.py``).
 Reported: the deterministic evaluation's success rate and true return at the end (mean +- std
-over seeds), the RAPL reward's cost per episode, and the alignment's held-out triplet accuracy.
+over seeds), the learned reward's cost per episode, and the held-out accuracy of the
+preferences it was fitted on (RAPL: triplets with R(o0, o+) > R(o-, o+); RLHF: the
+triplets' pairs ordered right).
 
     python benchmarks/rapl_rl.py [--steps 10000] [--seeds 0] [--write-results]
 """
@@ -41,6 +48,7 @@ HEADER = "## RAPL: SAC on the aligned visual reward (X-Magical)"
 CONFIG = Path(__file__).parents[1] / "pbrl" / "configs" / "rapl" / "rl.yaml"
 ARMS = {
     "RAPL": {"reward": "rapl", "encoder": {"aligned": True}},
+    "RLHF": {"reward": "rlhf"},
     "ImNet-OT": {"reward": "rapl", "encoder": {"aligned": False}},
     "true reward": {"reward": "true_reward"},
 }
@@ -144,6 +152,7 @@ def main() -> None:
         f"{args.triplets} triplet queries about {args.videos} videos "
         f"({args.align_env or args.env}). OT: cosine cost, eps 0.05, per-step reward = frame "
         "t's matched cost (in [-2, 0]), one scripted-expert demo, "
+        "RLHF: Bradley-Terry per-frame reward on the same queries, standardised, "
         f"{args.image_size} x {args.image_size} frames. "
         "Protocol in the script's docstring.",
         "",
@@ -152,9 +161,11 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for arm in args.arms:
-        q = str(args.triplets) if arm == "RAPL" else "0"
+        q = str(args.triplets) if arm in ("RAPL", "RLHF") else "0"
+        tag = "rlhf" if arm == "RLHF" else "rapl"
         cost = (
-            f"{ms(arm, 'rapl/render_ms')} / {ms(arm, 'rapl/embed_ms')} / {ms(arm, 'rapl/ot_ms')}"
+            f"{ms(arm, f'{tag}/render_ms')} / {ms(arm, f'{tag}/embed_ms')} / "
+            f"{ms(arm, f'{tag}/ot_ms')}"
             if arm != "true reward"
             else "-"
         )

@@ -170,6 +170,7 @@ class FrameEncoder(nn.Module):
         self.backbone_name = backbone
         self.image_size = int(image_size)
         self.embed_dim = int(embed_dim)
+        self.cnn_channels = int(cnn_channels)
         if backbone == "efficientnet_lite0":
             self.backbone: nn.Module = _EffNetLiteBackbone(pretrained=pretrained)
         elif backbone == "resnet18":
@@ -194,12 +195,15 @@ class FrameEncoder(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (saved beside the state dict)."""
-        return {
+        out: dict[str, Any] = {
             "backbone": self.backbone_name,
             "embed_dim": self.embed_dim,
             "image_size": self.image_size,
             "train_backbone": self.train_backbone,
         }
+        if self.backbone_name == "small_cnn":
+            out["cnn_channels"] = self.cnn_channels  # its weights' shapes depend on it
+        return out
 
     def train(self, mode: bool = True) -> FrameEncoder:
         """Train mode for the head (and the backbone only when it is fine-tuned)."""

@@ -28,7 +28,11 @@ them, trains SAC and logs ``eval/true_return``, ``eval/success_rate``, ``eval/ra
 ``train/...`` and the reward's cost per episode (``rapl/render_ms``, ``rapl/embed_ms``,
 ``rapl/ot_ms``) to TensorBoard. ``reward="true_reward"`` trains on the env's own reward (the
 baseline); ``encoder.aligned=false`` rewards with the frozen pretrained backbone's features
-(the paper's ImNet-OT baseline). The command line is ``python -m pbrl.visual.train``.
+(the paper's ImNet-OT baseline); ``reward="rlhf"`` is the paper's RLHF baseline, a per-frame
+reward learned with Bradley-Terry on the same videos and triplet queries
+(:mod:`pbrl.visual.rlhf`, :func:`learn_rlhf_reward`), relabelled the same way (its tags are
+``rlhf/...``, ``eval/rlhf_return``, ``train/rlhf_return``). The command line is
+``python -m pbrl.visual.train``.
 """
 
 from __future__ import annotations
@@ -59,12 +63,17 @@ from pbrl.rewards.ot import CostName, Transform, ot_rewards
 from pbrl.rewards.rapl import RAPLReward, triplets_from_feedback
 from pbrl.teachers.visual import VisualCriterionTeacher
 from pbrl.visual.encoders import FrameEncoder
+from pbrl.visual.rlhf import RLHFReward
 
 EpisodeRewardFn = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 """``[states (T_i, D_s)]`` (post-step states of finished episodes) -> ``[(T_i,) rewards]``."""
 
 FINAL_STATE = "final_sim_state"
 """Info key of the simulator state after an episode's last step (:class:`FinalSimState`)."""
+
+
+REWARD_KINDS: tuple[str, ...] = ("rapl", "rlhf", "true_reward")
+"""``reward=``: RAPL's OT reward, the RLHF baseline's Bradley-Terry reward, the env's own."""
 
 
 class RaplRunError(RuntimeError):
@@ -408,7 +417,46 @@ class RewardCost:
         return parts
 
 
-class EpisodeOTReward:
+class EpisodeReward:
+    """The reward of finished episodes from their frames: render post-step states, score.
+
+    Subclasses give :meth:`rewards_of_frames`; episodes are rendered at ``image_size`` from
+    their stored simulator states by ``env``, one batch per episode length, and the time
+    spent is accumulated in :attr:`cost_log`.
+    """
+
+    def __init__(self, env: Any, image_size: int):
+        self.env = env
+        self.image_size = int(image_size)
+        self.cost_log = RewardCost()
+
+    def rewards_of_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``(B, T)`` per-step rewards of ``(B, T, S, S, 3)`` frames (timed)."""
+        raise NotImplementedError
+
+    def __call__(self, episodes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-step rewards of finished episodes given by their post-step states.
+
+        Episodes of one length are scored in one batch (all frames embedded at once and,
+        for OT, one batched Sinkhorn); other lengths in their own batches.
+        """
+        out: list[np.ndarray | None] = [None] * len(episodes)
+        by_len: dict[int, list[int]] = {}
+        for i, s in enumerate(episodes):
+            by_len.setdefault(len(s), []).append(i)
+        for idx in by_len.values():
+            t0 = time.perf_counter()
+            frames = render_states(self.env, np.stack([episodes[i] for i in idx]), self.image_size)
+            self.cost_log.render_s += time.perf_counter() - t0
+            r = self.rewards_of_frames(frames)
+            for j, i in enumerate(idx):
+                out[i] = r[j]
+        self.cost_log.episodes += len(episodes)
+        self.cost_log.frames += sum(len(s) for s in episodes)
+        return [o for o in out if o is not None]
+
+
+class EpisodeOTReward(EpisodeReward):
     """RAPL's episode reward: render post-step states, embed, OT against the demos.
 
     Args:
@@ -433,8 +481,8 @@ class EpisodeOTReward:
     ):
         if demo_frames.ndim != 5:
             raise ValueError(f"demo_frames must be (K, T, H, W, 3), got {demo_frames.shape}")
-        self.env, self.embed_fn = env, embed
-        self.image_size = int(image_size)
+        super().__init__(env, image_size)
+        self.embed_fn = embed
         self.cost: CostName = cost
         self.eps, self.n_iters = float(eps), int(n_iters)
         self.transform: Transform = transform
@@ -443,7 +491,6 @@ class EpisodeOTReward:
         with torch.no_grad():
             self.demo_embed = self.embed_fn(demo_frames.reshape(k * t, *demo_frames.shape[2:]))
         self.demo_embed = self.demo_embed.reshape(k, t, -1)
-        self.cost_log = RewardCost()
 
     def rewards_of_frames(self, frames: np.ndarray) -> np.ndarray:
         """``(B, T)`` per-step rewards of ``(B, T, S, S, 3)`` frames (timed)."""
@@ -466,26 +513,25 @@ class EpisodeOTReward:
         self.cost_log.ot_s += t2 - t1
         return r.cpu().numpy().astype(np.float32)
 
-    def __call__(self, episodes: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Per-step rewards of finished episodes given by their post-step states.
 
-        Episodes of one length are scored in one batch (all frames embedded at once, one
-        batched Sinkhorn); other lengths in their own batches.
-        """
-        out: list[np.ndarray | None] = [None] * len(episodes)
-        by_len: dict[int, list[int]] = {}
-        for i, s in enumerate(episodes):
-            by_len.setdefault(len(s), []).append(i)
-        for idx in by_len.values():
-            t0 = time.perf_counter()
-            frames = render_states(self.env, np.stack([episodes[i] for i in idx]), self.image_size)
-            self.cost_log.render_s += time.perf_counter() - t0
-            r = self.rewards_of_frames(frames)
-            for j, i in enumerate(idx):
-                out[i] = r[j]
-        self.cost_log.episodes += len(episodes)
-        self.cost_log.frames += sum(len(s) for s in episodes)
-        return [o for o in out if o is not None]
+class EpisodeFrameReward(EpisodeReward):
+    """A per-frame learned reward (the RLHF baseline's) on the same relabelling path.
+
+    Args:
+        env: anything with ``render_state(state, width, height)`` for the training env.
+        model: the reward model (:meth:`RLHFReward.frame_rewards`).
+    """
+
+    def __init__(self, env: Any, model: RLHFReward):
+        super().__init__(env, model.encoder.image_size)
+        self.model = model
+
+    def rewards_of_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``(B, T)`` per-step rewards of ``(B, T, S, S, 3)`` frames (timed)."""
+        t0 = time.perf_counter()
+        r = self.model.episode_rewards(frames)
+        self.cost_log.embed_s += time.perf_counter() - t0
+        return r
 
 
 # ----------------------------------------------------------------------------------------
@@ -663,6 +709,97 @@ def load_rapl(path: str | Path, device: str = "cpu") -> RAPLReward:
     return rapl
 
 
+@dataclass
+class PreferenceData:
+    """The simulated end-user's answered triplet queries about rendered alignment videos.
+
+    Attributes:
+        frames: ``(N, T, S, S, 3)`` uint8 frames of the ``N`` videos (every ``stride``-th
+            post-step frame), at the encoder's size ``S``.
+        ordered: ``(M, 3)`` video indices of the answered triplets, ordered (most preferred,
+            neutral, least preferred).
+        equal: ``(M,)`` bool, triplets answered "all about the same".
+    """
+
+    frames: np.ndarray
+    ordered: np.ndarray
+    equal: np.ndarray
+
+
+def preference_data(
+    env_name: str,
+    image_size: int,
+    n_videos: int = 100,
+    n_triplets: int = 150,
+    stride: int = 2,
+    equal_margin: float = 0.05,
+    criterion: str = "auto",
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> PreferenceData:
+    """Videos and the simulated end-user's answers to triplet queries about them.
+
+    Videos: ``n_videos`` episodes of ``env_name`` mixing the scripted expert (when the suite
+    has one) with held random actions, the random share drawn per episode in [0, 1], so the
+    pool spans expert-like to random play. Triplets: ``n_triplets`` random 3-clip ranking
+    queries answered by :class:`VisualCriterionTeacher` (``criterion``: a named criterion,
+    ``"auto"``, or ``"true_return"`` for the env's own return). One ``seed`` gives the same
+    videos and queries to every reward learned from them (RAPL's encoder, the RLHF reward).
+    """
+    rng = np.random.default_rng(seed)
+    try:
+        policy: Callable[[np.ndarray], np.ndarray] | None = scripted_policy(env_name)
+    except RaplRunError:
+        policy = None
+    probs = rng.uniform(0.0, 1.0, n_videos)
+    rolls = collect_rollouts(env_name, n_videos, seed + 7, policy, probs, env_kwargs=env_kwargs)
+    segs = rolls.segments(env_name)
+    env = pbrl_envs.make_env(env_name, seed=seed, **dict(env_kwargs or {}))
+    frames = render_states(env, rolls.post_states[:, stride - 1 :: stride], image_size)
+    env.close()
+    if criterion == "true_return":
+        crit: Any = lambda s: s.true_reward.sum(axis=1)  # noqa: E731 - a one-line criterion
+    else:
+        crit = criterion
+    teacher = VisualCriterionTeacher(crit, equal_margin=equal_margin, seed=seed)
+    idx = np.argsort(rng.random((n_triplets, n_videos)), axis=1)[:, :3]
+    queries = QueryBatch.from_members([segs[idx[:, j]] for j in range(3)], kind="ranking")
+    qi, order, equal = triplets_from_feedback(queries, teacher.label(queries))
+    return PreferenceData(frames, idx[qi[:, None], order], equal)
+
+
+def fit_on_preferences(
+    learner: RAPLReward, data: PreferenceData
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Fit ``learner`` on ``data``'s triplets; returns its stats and the cached features.
+
+    With a frozen backbone the features of every video frame are computed once, ``(N, T,
+    F)``, and the triplets index them; otherwise the learner trains on the frames.
+    """
+    frames = data.frames
+    n, t, size = frames.shape[:3]
+    t0 = time.perf_counter()
+    feats: torch.Tensor | None = None
+    if not learner.encoder.train_backbone:  # frozen backbone: its features once, for all triplets
+        with torch.no_grad():
+            feats = learner.encoder.features(frames.reshape(n * t, size, size, 3)).reshape(n, t, -1)
+    t_feat = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if feats is not None:
+        stats = learner.fit(None, data.equal, features=feats[data.ordered])
+    else:
+        stats = learner.fit(frames[data.ordered], data.equal)
+    stats = {k: v for k, v in stats.items() if k != "history"}
+    stats.update(
+        videos=int(n),
+        triplets=int(len(data.ordered)),
+        equal_triplets=int(data.equal.sum()),
+        features_s=t_feat,
+        fit_s=time.perf_counter() - t1,
+    )
+    return stats, feats
+
+
 def align_encoder(
     env_name: str,
     encoder_kwargs: Mapping[str, Any],
@@ -679,61 +816,79 @@ def align_encoder(
 ) -> tuple[RAPLReward, dict[str, Any]]:
     """Align a frame encoder on triplets of rollouts ranked by the simulated end-user.
 
-    Videos: ``n_videos`` episodes of ``env_name`` mixing the scripted expert (when the suite
-    has one) with held random actions, the random share drawn per episode in [0, 1], so the
-    pool spans expert-like to random play. Triplets: ``n_triplets`` random 3-clip ranking
-    queries answered by :class:`VisualCriterionTeacher` (``criterion``: a named criterion,
-    ``"auto"``, or ``"true_return"`` for the env's own return). The backbone's features are
-    computed once; the head is fitted with the paper's loss (:meth:`RAPLReward.fit`).
+    The videos and queries are :func:`preference_data`'s; the backbone's features are
+    computed once and the head is fitted with the paper's loss (:meth:`RAPLReward.fit`).
 
     Returns:
         The aligned reward learner and ``{"val_accuracy", "val_loss", "best_epoch", ...}``.
     """
-    rng = np.random.default_rng(seed)
-    try:
-        policy: Callable[[np.ndarray], np.ndarray] | None = scripted_policy(env_name)
-    except RaplRunError:
-        policy = None
-    probs = rng.uniform(0.0, 1.0, n_videos)
-    rolls = collect_rollouts(env_name, n_videos, seed + 7, policy, probs, env_kwargs=env_kwargs)
-    segs = rolls.segments(env_name)
-    env = pbrl_envs.make_env(env_name, seed=seed, **dict(env_kwargs or {}))
     rapl = RAPLReward(
         encoder_kwargs=dict(encoder_kwargs), epochs=epochs, seed=seed, device=device, **(ot or {})
     )
-    size = rapl.encoder.image_size
-    t0 = time.perf_counter()
-    frames = render_states(env, rolls.post_states[:, stride - 1 :: stride], size)
-    env.close()
-    n, t = frames.shape[:2]
-    feats: torch.Tensor | None = None
-    if not rapl.encoder.train_backbone:  # frozen backbone: its features once, for all triplets
-        with torch.no_grad():
-            feats = rapl.encoder.features(frames.reshape(n * t, size, size, 3)).reshape(n, t, -1)
-    t_feat = time.perf_counter() - t0
-    if criterion == "true_return":
-        crit: Any = lambda s: s.true_reward.sum(axis=1)  # noqa: E731 - a one-line criterion
-    else:
-        crit = criterion
-    teacher = VisualCriterionTeacher(crit, equal_margin=equal_margin, seed=seed)
-    idx = np.argsort(rng.random((n_triplets, n_videos)), axis=1)[:, :3]
-    queries = QueryBatch.from_members([segs[idx[:, j]] for j in range(3)], kind="ranking")
-    qi, order, equal = triplets_from_feedback(queries, teacher.label(queries))
-    ordered = idx[qi[:, None], order]
-    t1 = time.perf_counter()
-    if feats is not None:
-        stats = rapl.fit(None, equal, features=feats[ordered])
-    else:
-        stats = rapl.fit(frames[ordered], equal)
-    stats = {k: v for k, v in stats.items() if k != "history"}
-    stats.update(
-        videos=n_videos,
-        triplets=int(len(qi)),
-        equal_triplets=int(equal.sum()),
-        features_s=t_feat,
-        fit_s=time.perf_counter() - t1,
+    data = preference_data(
+        env_name,
+        rapl.encoder.image_size,
+        n_videos,
+        n_triplets,
+        stride,
+        equal_margin,
+        criterion,
+        seed,
+        env_kwargs,
     )
+    stats, _ = fit_on_preferences(rapl, data)
     return rapl, stats
+
+
+def learn_rlhf_reward(
+    env_name: str,
+    encoder_kwargs: Mapping[str, Any],
+    n_videos: int = 100,
+    n_triplets: int = 150,
+    stride: int = 2,
+    equal_margin: float = 0.05,
+    criterion: str = "auto",
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+    rlhf: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+) -> tuple[RLHFReward, dict[str, Any]]:
+    """The RLHF baseline's reward, learned from the same videos and queries as RAPL's encoder.
+
+    :func:`preference_data` with the same arguments and ``seed`` as :func:`align_encoder`
+    gives the same triplets; :class:`~pbrl.visual.rlhf.RLHFReward` fits a per-frame cost on
+    the frozen backbone's features with the Bradley-Terry loss over the pairs each triplet
+    implies, and its RL reward is standardised by the costs of all the videos' frames.
+
+    ``encoder_kwargs`` (``backbone``, ``image_size``; ``embed_dim`` is 1) and ``rlhf``
+    (``lr``, ``epochs``, ``batch_size``, ``val_frac``, ``loss``, ``scale``) configure
+    :class:`RLHFReward`; the other arguments are :func:`preference_data`'s.
+
+    Returns:
+        The reward model and ``{"val_accuracy" (held-out pairs ordered right), ...}``.
+    """
+    kw = {k: v for k, v in dict(rlhf or {}).items() if k != "path"}
+    enc_kw = {k: v for k, v in dict(encoder_kwargs).items() if k != "embed_dim"}
+    model = RLHFReward(encoder_kwargs=enc_kw, seed=seed, device=device, **kw)
+    data = preference_data(
+        env_name,
+        model.encoder.image_size,
+        n_videos,
+        n_triplets,
+        stride,
+        equal_margin,
+        criterion,
+        seed,
+        env_kwargs,
+    )
+    stats, feats = fit_on_preferences(model, data)
+    if feats is not None:
+        with torch.no_grad():
+            model.set_normalisation(model.encoder.head(feats))
+    else:
+        model.normalise_frames(data.frames)
+    stats.update(cost_mean=model.cost_mean, cost_std=model.cost_std)
+    return model, stats
 
 
 # ----------------------------------------------------------------------------------------
@@ -771,8 +926,10 @@ class RaplRun(Checkpointed):
         if cfg["device"] not in ("auto", "cpu"):
             self.device = str(cfg["device"])
         self.reward_kind = str(cfg["reward"])
-        if self.reward_kind not in ("rapl", "true_reward"):
-            raise RaplRunError(f"reward={self.reward_kind!r}; valid: rapl, true_reward")
+        if self.reward_kind not in REWARD_KINDS:
+            raise RaplRunError(f"reward={self.reward_kind!r}; valid: {', '.join(REWARD_KINDS)}")
+        # the learned reward's tags: rapl/*, train/rapl_return (OT arms) or rlhf/*, ...
+        self.tag = "rlhf" if self.reward_kind == "rlhf" else "rapl"
         self.env_name = str(cfg["env"]["name"])
         self.env_kwargs = dict(_cfg_get(cfg, "env.kwargs", {}) or {})
         self.writer = SummaryWriter(str(self.run_dir))
@@ -780,8 +937,10 @@ class RaplRun(Checkpointed):
         (self.run_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
 
         # --- encoder and demos (every arm scores its evaluation with them when given) --------
-        self.scorer: EpisodeOTReward | None = None
-        if self.reward_kind == "rapl" or _cfg_get(cfg, "eval.rapl_return", False):
+        self.scorer: EpisodeReward | None = None
+        if self.reward_kind == "rlhf":
+            self.scorer = self._build_rlhf_scorer()
+        elif self.reward_kind == "rapl" or _cfg_get(cfg, "eval.rapl_return", False):
             self.scorer = self._build_scorer()
 
         # --- SAC ---------------------------------------------------------------------------
@@ -811,7 +970,7 @@ class RaplRun(Checkpointed):
             "factor_names": tuple(pbrl_env.factor_names),
             "env_name": self.env_name,
         }
-        if self.reward_kind == "rapl":
+        if self.reward_kind in ("rapl", "rlhf"):
             if learning_starts < self.max_episode_steps * n_envs:
                 raise RaplRunError(
                     f"agent.learning_starts={learning_starts} is shorter than one episode "
@@ -851,6 +1010,56 @@ class RaplRun(Checkpointed):
         self._train_eps: list[dict[str, float]] = []
 
     # --- setup -------------------------------------------------------------------------
+    def _align_kwargs(self) -> dict[str, Any]:
+        """The alignment videos and queries (``align.*``), shared by RAPL and RLHF."""
+        al = self.cfg["align"]
+        return {
+            "env_name": str(_cfg_get(self.cfg, "align.env", self.env_name)),
+            "n_videos": int(al["videos"]),
+            "n_triplets": int(al["triplets"]),
+            "stride": int(al["stride"]),
+            "equal_margin": float(al["equal_margin"]),
+            "criterion": str(al["criterion"]),
+            "seed": int(self.cfg["seed"]),
+            "env_kwargs": self.env_kwargs if _cfg_get(self.cfg, "align.env") is None else None,
+            "device": self.device,
+        }
+
+    def _log_fit(self, stats: dict[str, Any], what: str) -> None:
+        (self.run_dir / "align.json").write_text(json.dumps(stats, indent=2))
+        for k in ("val_accuracy", "val_loss", "seconds"):
+            if stats.get(k) is not None and math.isfinite(float(stats[k])):
+                self._scalar(f"align/{k}", float(stats[k]), 0)
+        print(
+            f"[{self.tag}] {what} on {stats['triplets']} triplets of {stats['videos']} videos: "
+            f"held-out accuracy {stats['val_accuracy']:.2f}, {stats['seconds']:.0f}s",
+            flush=True,
+        )
+
+    def _build_rlhf_scorer(self) -> EpisodeFrameReward:
+        """The RLHF baseline's per-frame reward, learned on RAPL's videos and queries."""
+        cfg = self.cfg
+        enc = cfg["encoder"]
+        path = _cfg_get(cfg, "rlhf.path")
+        saved = self.run_dir / "reward_model"
+        if path is None and (saved / "rlhf.pt").is_file():
+            path = saved  # a resumed run reuses the reward it learned
+        if path is not None:
+            model = RLHFReward.load(path, device=self.device)
+        else:
+            t0 = time.perf_counter()
+            model, stats = learn_rlhf_reward(
+                encoder_kwargs={"backbone": enc["backbone"], "image_size": int(enc["image_size"])},
+                rlhf=dict(cfg.get("rlhf") or {}),
+                **self._align_kwargs(),
+            )
+            model.save(saved)
+            stats["seconds"] = time.perf_counter() - t0
+            self._log_fit(stats, "Bradley-Terry reward learned")
+        render_env = pbrl_envs.make_env(self.env_name, seed=int(cfg["seed"]), **self.env_kwargs)
+        self._render_env = render_env
+        return EpisodeFrameReward(render_env, model)
+
     def _build_scorer(self) -> EpisodeOTReward:
         cfg, seed = self.cfg, int(self.cfg["seed"])
         enc = cfg["encoder"]
@@ -873,34 +1082,16 @@ class RaplRun(Checkpointed):
             if path is not None:
                 rapl = load_rapl(path, device=self.device)
             else:
-                al = cfg["align"]
                 t0 = time.perf_counter()
                 rapl, stats = align_encoder(
-                    str(_cfg_get(cfg, "align.env", self.env_name)),
-                    encoder_kwargs,
-                    n_videos=int(al["videos"]),
-                    n_triplets=int(al["triplets"]),
-                    epochs=int(al["epochs"]),
-                    stride=int(al["stride"]),
-                    equal_margin=float(al["equal_margin"]),
-                    criterion=str(al["criterion"]),
-                    seed=seed,
-                    env_kwargs=self.env_kwargs if _cfg_get(cfg, "align.env") is None else None,
+                    encoder_kwargs=encoder_kwargs,
+                    epochs=int(cfg["align"]["epochs"]),
                     ot=ot,
-                    device=self.device,
+                    **self._align_kwargs(),
                 )
                 rapl.save(saved)
                 stats["seconds"] = time.perf_counter() - t0
-                (self.run_dir / "align.json").write_text(json.dumps(stats, indent=2))
-                for k in ("val_accuracy", "val_loss", "seconds"):
-                    if stats.get(k) is not None and math.isfinite(float(stats[k])):
-                        self._scalar(f"align/{k}", float(stats[k]), 0)
-                print(
-                    f"[rapl] aligned on {stats['triplets']} triplets of {stats['videos']} videos: "
-                    f"held-out triplet accuracy {stats['val_accuracy']:.2f}, "
-                    f"{stats['seconds']:.0f}s",
-                    flush=True,
-                )
+                self._log_fit(stats, "aligned")
             encoder = rapl.encoder
             embed = rapl.encoder.__call__
         encoder.eval()
@@ -947,15 +1138,17 @@ class RaplRun(Checkpointed):
         buf = self.buffer
         if isinstance(buf, EpisodicRewardBuffer) and buf.finished:
             eps, buf.finished = buf.finished, []
-            for key in ("true_return", "rapl_return", "success"):
+            for key in ("true_return", "success"):
                 self._scalar(f"train/{key}", float(np.mean([e[key] for e in eps])), self.step)
+            learned = float(np.mean([e["rapl_return"] for e in eps]))
+            self._scalar(f"train/{self.tag}_return", learned, self.step)
             if self.scorer is not None:
                 for k, v in self.scorer.cost_log.per_episode_ms().items():
-                    self._scalar(f"rapl/{k}", v, self.step)
+                    self._scalar(f"{self.tag}/{k}", v, self.step)
 
     # --- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Deterministic episodes on the eval envs: true return, success, RAPL return."""
+        """Deterministic episodes on the eval envs: true return, success, learned return."""
         seed = int(self.cfg["seed"]) + 10_000
         returns, successes, posts = [], [], []
         for i, env in enumerate(self.eval_envs):
@@ -983,7 +1176,7 @@ class RaplRun(Checkpointed):
             self.scorer.cost_log = RewardCost()  # evaluation cost is not training cost
             r = self.scorer(posts)
             self.scorer.cost_log = saved
-            out["eval/rapl_return"] = float(np.mean([x.sum() for x in r]))
+            out[f"eval/{self.tag}_return"] = float(np.mean([x.sum() for x in r]))
         for k, v in out.items():
             self._scalar(k, v, self.step)
         return out
@@ -1021,8 +1214,8 @@ class RaplRun(Checkpointed):
         if self.scorer is not None:
             c = self.scorer.cost_log
             for k, v in c.per_episode_ms().items():
-                self.last[f"rapl/{k}"] = v
-            self.last["rapl/episodes_scored"] = float(c.episodes)
+                self.last[f"{self.tag}/{k}"] = v
+            self.last[f"{self.tag}/episodes_scored"] = float(c.episodes)
         if _cfg_get(self.cfg, "checkpoint.every", 0) or _cfg_get(self.cfg, "checkpoint.final"):
             self.save_checkpoint()
         self.writer.flush()
@@ -1032,7 +1225,8 @@ class RaplRun(Checkpointed):
 
     def _progress(self, res: Mapping[str, float]) -> None:
         self.last["_eval_step"] = self.step
-        extra = f" | rapl return {res['eval/rapl_return']:.1f}" if "eval/rapl_return" in res else ""
+        key = f"eval/{self.tag}_return"
+        extra = f" | {self.tag} return {res[key]:.1f}" if key in res else ""
         print(
             f"[sac {self.reward_kind} {self.env_name} s{self.cfg['seed']}] step {self.step:,}/"
             f"{int(self.cfg['num_train_steps']):,} | eval return {res['eval/true_return']:.2f} | "
