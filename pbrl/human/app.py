@@ -12,7 +12,9 @@ Routes (every ``/api`` route but ``/api/health`` needs a labeller token, sent as
 ``GET /``                                  the page (``/static/*`` holds its JS and CSS)
 ``GET /api/health``                        liveness, no token
 ``GET /api/me``                            who the token belongs to, counts, run progress
-``GET /api/next``                          the current query and the next ones, with clips
+``GET /api/next``                          the current query and the next ones, with clips;
+                                           with none, ``state`` ``wait`` (ask again) or
+                                           ``done``
 ``POST /api/label``                        store an answer (committed before the 200)
 ``GET /api/clip/{query_id}/{member}``      one clip, H.264 MP4 (rendered on demand, cached)
 ``GET /api/stats``                         the session's ``human/*`` numbers
@@ -48,7 +50,7 @@ from pbrl.human.clips import (
     ClipTimeout,
     ClipUnavailable,
 )
-from pbrl.human.session import LabelSession, SessionError
+from pbrl.human.session import LabelSession, Offer, SessionError
 from pbrl.human.tokens import Labeller, TokenError, TokenRegistry
 
 MAX_BODY = 64 * 1024
@@ -125,10 +127,19 @@ class MeOut(BaseModel):
 
 
 class NextOut(BaseModel):
-    """The labeller's current query (null when there is none yet) and the next ones."""
+    """The labeller's current query and the next ones, or why there is none.
 
+    ``state``: ``ready`` (``query`` is set), ``wait`` (no query for you now, but
+    ``held_by_others`` queries you have not answered are held by other labellers: ask again
+    after ``retry_after`` seconds, or long-poll; one comes to you if its holder's lease lapses)
+    or ``done`` (every query has its answers or yours; a running training run may add more).
+    """
+
+    state: Literal["ready", "wait", "done"]
     query: QueryOut | None
     upcoming: list[QueryOut]
+    held_by_others: int = 0
+    retry_after: float | None = None
     progress: ProgressOut
 
 
@@ -405,26 +416,41 @@ def create_app(
     ) -> NextOut:
         """The current query and the next ones; their clips start rendering now.
 
-        ``wait``: when there is nothing to label, wait up to this many seconds for new
-        queries before answering (a long poll), so a new query shows at once.
+        With no query, ``state`` says whether to ask again (``wait``: others hold the queries
+        you could answer) or not (``done``). A client stops only on ``done``.
+
+        ``wait``: when there is nothing to label, wait up to this many seconds for a query
+        (a new one, or one whose holder's lease lapsed) before answering (a long poll), so it
+        shows at once; it also answers early when ``wait`` turns into ``done``.
         """
         # Poll on the event loop rather than block a worker thread per waiting labeller.
         deadline = time.monotonic() + wait
+        first = None
         while True:
-            ids = await run_in_threadpool(session.assign, who.name)
-            if ids or time.monotonic() >= deadline or app.state.closing:
+            got = await run_in_threadpool(session.offer, who.name)
+            first = first or got.state
+            if got.queries or got.state != first or app.state.closing:
+                break
+            if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-        return await run_in_threadpool(_next_out, who.name, ids)
+        return await run_in_threadpool(_next_out, who.name, got)
 
-    def _next_out(name: str, ids: list[str]) -> NextOut:
-        out = [query_out(q, name) for q in ids]
+    def _next_out(name: str, got: Offer) -> NextOut:
+        out = [query_out(q, name) for q in got.queries]
         if renderer is not None:
             for i, q in enumerate(out):
                 if q.renderable:
                     pri = PRIORITY_CURRENT if i == 0 else PRIORITY_AHEAD + i
                     renderer.prefetch([(q.id, c.member) for c in q.clips], pri)
-        return NextOut(query=out[0] if out else None, upcoming=out[1:], progress=progress(name))
+        return NextOut(
+            state=got.state,
+            query=out[0] if out else None,
+            upcoming=out[1:],
+            held_by_others=got.held_by_others,
+            retry_after=None if got.retry_s is None else round(got.retry_s, 3),
+            progress=progress(name),
+        )
 
     @app.post("/api/label", response_model=LabelOut, responses=ERRORS)
     def label(answer: LabelIn, who: Who) -> LabelOut:

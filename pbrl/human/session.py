@@ -18,6 +18,10 @@ Rules:
 - With ``shuffle`` each labeller sees each query's clips in a fixed random order (no
   position bias); answers are given by position (left / right) and mapped back here.
 
+When a labeller has nothing to answer, :meth:`LabelSession.offer` says why: ``done`` (every
+query has its answers or theirs) or ``wait`` (queries they have not answered are still held by
+other people's leases; one comes to them if its lease lapses). A labeller told ``wait`` asks again.
+
 Which queries each labeller was handed is kept in ``served_path`` (one JSON line per hand-out,
 flushed at once) when given, so that after a server restart an answer to a query the labeller
 saw before is still accepted even if others have completed the query in the meantime (the page
@@ -96,6 +100,35 @@ class QueryInfo:
     horizon: int
     env_name: str
     renderable: bool
+
+
+WAIT_RETRY_S = 5.0
+"""Longest ``retry_s`` an :class:`Offer` in state ``wait`` asks a labeller to wait."""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What :meth:`LabelSession.offer` hands a labeller, and why it is nothing when it is.
+
+    Attributes:
+        queries: the current query and the next ones (empty: nothing to answer now).
+        held_by_others: open queries this labeller has not answered that other people hold
+            now (counted only when ``queries`` is empty, else 0).
+        retry_s: with ``held_by_others``, seconds after which to ask again: when the first of
+            those leases lapses, at most :data:`WAIT_RETRY_S` (leases are renewed while their
+            holders keep asking); ``None`` otherwise.
+    """
+
+    queries: list[str]
+    held_by_others: int = 0
+    retry_s: float | None = None
+
+    @property
+    def state(self) -> str:
+        """``ready`` (queries to answer), ``wait`` (ask again) or ``done`` (nothing left)."""
+        if self.queries:
+            return "ready"
+        return "wait" if self.held_by_others else "done"
 
 
 @dataclass(frozen=True)
@@ -393,19 +426,30 @@ class LabelSession:
         Repeated calls return the same queries until they are answered or their lease lapses;
         each call renews the leases. With ``wait > 0`` and nothing to hand out, blocks up to
         ``wait`` seconds for new queries (a long poll: the page shows them as they come).
+        An empty list does not mean the work is done: see :meth:`offer`.
+        """
+        return self.offer(labeller, wait).queries
+
+    def offer(self, labeller: str, wait: float = 0.0) -> Offer:
+        """:meth:`assign`, saying whether an empty hand-out means ``done`` or ``wait``.
+
+        With ``wait > 0`` it returns early when there are queries to hand out or the state
+        changes (``wait`` becomes ``done`` when the holders answer).
         """
         deadline = time.monotonic() + max(0.0, wait)
         with self._lock:
+            first: str | None = None
             while True:
-                held = self._assign(labeller)
+                got = self._assign(labeller)
+                first = first or got.state
                 left = deadline - time.monotonic()
-                if held or left <= 0:
-                    return held
+                if got.queries or got.state != first or left <= 0:
+                    return got
                 self._changed.wait(min(left, max(self.refresh_s, 0.05)))
                 self._refresh(force=True)
 
-    def _assign(self, labeller: str) -> list[str]:
-        """One pass of :meth:`assign` (lock held)."""
+    def _assign(self, labeller: str) -> Offer:
+        """One pass of :meth:`offer` (lock held)."""
         with self._lock:
             self._refresh()
             now = time.monotonic()
@@ -432,7 +476,29 @@ class LabelSession:
                 self._leases.setdefault(q, {})[labeller] = now + self.lease_s
             self._assigned[labeller] = held
             self._remember_served(labeller, held)
-            return list(held)
+            if held:
+                return Offer(list(held))
+            return self._blocked(labeller, now)
+
+    def _blocked(self, labeller: str, now: float) -> Offer:
+        """The empty :class:`Offer`: open queries ``labeller`` may answer once a lease lapses.
+
+        Lock held, leases expired, nothing assignable (so every open query ``labeller`` has
+        not answered is full of answers and other people's leases).
+        """
+        n, lapse = 0, math.inf
+        for q in self._open:
+            answered = self._answers.get(q, {})
+            if labeller in answered or q not in self._pos or len(answered) >= self.overlap:
+                continue
+            leases = self._leases.get(q, {}).items()
+            others = [t for who, t in leases if who != labeller and who not in answered]
+            if others:
+                n += 1
+                lapse = min(lapse, min(others))
+        if not n:
+            return Offer([])
+        return Offer([], held_by_others=n, retry_s=min(WAIT_RETRY_S, max(0.0, lapse - now)))
 
     def _remember_served(self, labeller: str, held: Sequence[str]) -> None:
         """Note (and log, before the page can see them) the queries handed to ``labeller``."""

@@ -251,22 +251,47 @@ def test_queries_without_sim_state_are_shown_without_video(
         assert r.status_code == 200
 
 
+def answer_to(q: dict) -> dict:
+    """A valid answer to the page's query ``q`` (skip, or a ranking for ranking queries)."""
+    if q["kind"] == "ranking":
+        return {"query_id": q["id"], "choice": "rank", "ranking": list(range(q["k"]))}
+    return {"query_id": q["id"], "choice": "skip"}
+
+
 def test_concurrent_labellers_lose_and_duplicate_nothing(
     server: LabelServer, store: FeedbackStore
 ) -> None:
-    """Two people answer everything at once, each answer sent three times in parallel."""
+    """Two people answer everything at once, each answer sent three times in parallel.
+
+    Each asks for the next query until the server says ``done``, and asks again on ``wait``
+    (the rest is held by the other person), as the page does. A worker that fails in any way
+    fails the test: it would leave the queries it holds unanswered.
+    """
     acked: dict[str, list[str]] = {"alice": [], "bob": []}
+    last: dict[str, dict] = {}
     errors: list[str] = []
+    deadline = time.monotonic() + 120
 
     def work(name: str) -> None:
         with client(server, name) as c:
-            while True:
-                q = c.get("/api/next").json()["query"]
-                if q is None:
+            while time.monotonic() < deadline:
+                r = c.get("/api/next", params={"wait": 1})
+                if r.status_code != 200:
+                    errors.append(f"{name}: /api/next {r.status_code} {r.text}")
                     return
-                body = {"query_id": q["id"], "choice": "skip"}
-                if q["kind"] == "ranking":
-                    body = {"query_id": q["id"], "choice": "rank", "ranking": [0, 1, 2]}
+                nxt = last[name] = r.json()
+                if nxt["state"] != "ready":
+                    if nxt["query"] is not None or nxt["upcoming"]:
+                        errors.append(f"{name}: queries with state {nxt['state']}: {nxt}")
+                        return
+                    if nxt["state"] == "done":
+                        return
+                    if not (nxt["held_by_others"] > 0 and 0 < nxt["retry_after"] <= 5):
+                        errors.append(f"{name}: a 'wait' that says nothing to wait for: {nxt}")
+                        return
+                    continue  # the long poll waited already
+                q = nxt["query"]
+                body = answer_to(q)
                 out: list[httpx.Response] = []
 
                 def send(out: list = out, body: dict = body) -> None:
@@ -283,17 +308,62 @@ def test_concurrent_labellers_lose_and_duplicate_nothing(
                 if sum(not r.json()["duplicate"] for r in out) != 1:
                     errors.append(f"{q['id']}: not exactly one new label")
                 acked[name].append(q["id"])
+            errors.append(f"{name}: not done after 120 s")
 
-    workers = [threading.Thread(target=work, args=(n,)) for n in acked]
+    def guarded(name: str) -> None:
+        try:
+            work(name)
+        except Exception as err:  # a dead worker must fail the test, not just warn
+            errors.append(f"{name}: {err!r}")
+
+    workers = [threading.Thread(target=guarded, args=(n,)) for n in acked]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
     assert not errors, errors
+    assert {n: last[n]["state"] for n in acked} == {"alice": "done", "bob": "done"}
     stored = [(fb.teacher_id, fb.query_id) for fb in store.feedback()]
     expected = [(f"human:{n}", q) for n, qs in acked.items() for q in qs]
     assert sorted(stored) == sorted(expected) and len(stored) == 12
     assert not set(acked["alice"]) & set(acked["bob"])
+
+
+def test_next_says_wait_while_others_hold_the_rest_and_done_after(
+    server: LabelServer, store: FeedbackStore
+) -> None:
+    """An empty ``/api/next`` is ``wait`` while queries remain with others, then ``done``."""
+    with client(server, "alice") as a, client(server, "bob") as b:
+        first = a.get("/api/next").json()
+        assert first["state"] == "ready" and first["retry_after"] is None
+        held = [first["query"], *first["upcoming"]]
+        assert len(held) == 3  # alice holds her current query and two ahead
+        n = 0
+        while (nxt := b.get("/api/next").json())["state"] == "ready":
+            assert nxt["query"]["id"] not in {q["id"] for q in held}
+            assert b.post("/api/label", json=answer_to(nxt["query"])).status_code == 200
+            n += 1
+        assert n == 9 and nxt["query"] is None and nxt["upcoming"] == []
+        assert nxt["state"] == "wait" and nxt["held_by_others"] == 3
+        assert 0 < nxt["retry_after"] <= 5  # alice's leases are 10 min: ask again in 5 s
+        assert nxt["progress"]["left"] == 3  # not done: three are unanswered
+
+        got: dict[str, object] = {}
+
+        def long_poll() -> None:
+            t0 = time.monotonic()
+            got["next"] = b.get("/api/next", params={"wait": 20}).json()
+            got["s"] = time.monotonic() - t0
+
+        poller = threading.Thread(target=long_poll)
+        poller.start()
+        for q in held:  # bob's long poll goes on while alice answers
+            assert a.post("/api/label", json=answer_to(q)).status_code == 200
+        poller.join()
+        assert got["next"]["state"] == "done" and got["next"]["held_by_others"] == 0
+        assert got["s"] < 15  # it answered when the state changed, not at the 20 s deadline
+        assert a.get("/api/next").json()["state"] == "done"
+    assert store.num_labels() == 12
 
 
 def test_a_taken_port_is_a_clear_error(store: FeedbackStore, tmp_path) -> None:

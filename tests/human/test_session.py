@@ -84,6 +84,32 @@ def test_nobody_sees_a_query_twice_and_overlap_one_splits_the_work(store: Feedba
     assert s.assign("alice") == [] and s.progress("alice")["left"] == 0
 
 
+def test_an_empty_offer_says_wait_while_others_hold_queries(store: FeedbackStore) -> None:
+    s = LabelSession(store, lookahead=2, lease_s=1.0, shuffle=False)
+    held = s.offer("alice").queries
+    assert len(held) == 3
+    while (got := s.offer("bob")).queries:
+        q = got.queries[0]
+        if q.startswith("r"):
+            s.submit("bob", q, "rank", [0, 1, 2])
+        else:
+            s.submit("bob", q, "skip")
+        assert s.offer("alice").queries == held  # alice keeps her page open: leases renewed
+    assert s.assign("bob") == []  # empty, and yet not done:
+    assert got.state == "wait" and got.held_by_others == 3
+    assert got.retry_s is not None and 0 < got.retry_s <= 1.0  # when alice's leases lapse
+    assert s.progress("bob")["left"] == 3
+    time.sleep(1.1)  # alice closed the lid: her leases lapse, and bob gets her queries
+    back = s.offer("bob")
+    assert back.state == "ready" and sorted(back.queries) == sorted(held)
+    now_alice = s.offer("alice")  # now bob holds them
+    assert now_alice.state == "wait" and now_alice.held_by_others == 3
+    for q in back.queries:
+        s.submit("bob", q, "skip")
+    assert s.offer("alice").state == s.offer("bob").state == "done"
+    assert s.offer("alice").retry_s is None and store.num_labels() == 12
+
+
 def test_overlap_gives_each_query_to_that_many_people(store: FeedbackStore) -> None:
     s = LabelSession(store, overlap=2, lookahead=0, shuffle=False)
     for who in ("alice", "bob", "carol"):

@@ -21,6 +21,7 @@ const S = {
   saved: 0,
   refreshTimer: null,
   scrubbing: false,
+  waiting: 0,          // with no query: open queries others hold now (state "wait")
 };
 
 // --- talking to the server ---------------------------------------------------------------
@@ -80,6 +81,9 @@ async function refresh() {
 
 function apply(data) {
   updateProgress(data.progress);
+  // No query: "wait" (others hold the rest; one comes here if its lease lapses) or "done".
+  // Either way the page keeps long-polling: a run may add queries, a lease may lapse.
+  S.waiting = data.state === "wait" ? data.held_by_others || 0 : 0;
   let list = [data.query, ...data.upcoming].filter((q) => q && !S.answered.has(q.id));
   if (!S.current) {
     show(list.shift() || null);
@@ -190,7 +194,10 @@ function show(q) {
     $("empty").hidden = false;
     $("empty-text").textContent = S.pending.length
       ? "Saving your last answer…"
-      : "No queries are waiting for you. New ones appear here by themselves.";
+      : S.waiting
+        ? `${S.waiting} ${S.waiting === 1 ? "query is" : "queries are"} being labelled by someone else. ` +
+          "If one is left unanswered it comes to you here by itself."
+        : "No queries are waiting for you. New ones appear here by themselves.";
     document.body.dataset.state = "empty";
     return;
   }
