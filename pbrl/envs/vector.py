@@ -7,8 +7,8 @@ per env step, which is 5-20 % of a cheap MuJoCo step. :class:`PbrlSyncVectorEnv`
 identical info layout (values stacked over envs, a boolean ``_key`` mask per key, nested dicts
 merged recursively, ``final_obs`` as an object array) but, in the ``NEXT_STEP`` and
 ``DISABLED`` autoreset modes, its :class:`~pbrl.envs.base.PbrlEnv` sub-envs write the contract
-keys straight into preallocated arrays (:class:`InfoColumns`), which become the infos' arrays
-with one copy per key per vector step. The suite's own keys still go through the (faster,
+keys as per-env rows (:class:`InfoColumns`), which become the infos' arrays once per key per
+vector step. The suite's own keys still go through the (faster,
 layout-identical) ``_add_info`` below. ``SAME_STEP`` (whose ``final_info`` holds the step
 infos) and sub-envs that are wrapped or opt out keep the per-env dict path.
 """
