@@ -29,7 +29,13 @@ import mujoco
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from pbrl.envs.base import PbrlEnv, check_render_quality, find_wrapper, state_reader
+from pbrl.envs.base import (
+    PbrlEnv,
+    check_render_quality,
+    factor_reader,
+    find_wrapper,
+    state_reader,
+)
 
 _RENDER_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
@@ -146,12 +152,7 @@ class GymMujocoEnv(PbrlEnv):
         self._get_sim_state = state_reader(  # type: ignore[method-assign]
             self._model, self._data, _RENDER_STATE
         )
-        names = tuple(factor_names)
-
-        def factors(info: dict[str, Any]) -> dict[str, float]:
-            return {k: float(info[k]) for k in names}
-
-        self._factors = factors  # type: ignore[method-assign]
+        self._factors = factor_reader(tuple(factor_names))  # type: ignore[method-assign]
 
     def _get_sim_state(self) -> np.ndarray:  # replaced per instance by state_reader
         out = np.empty(self._state_size, np.float64)

@@ -14,7 +14,7 @@ import pytest
 
 from pbrl import envs
 from pbrl.envs import dmc
-from pbrl.envs.base import PbrlEnv, find_wrapper
+from pbrl.envs.base import PbrlEnv, factor_reader, find_wrapper, state_reader
 from pbrl.envs.dmc import render_physics
 from pbrl.envs.mujoco import LOCOMOTION
 
@@ -429,3 +429,31 @@ def test_vector_env_rejects_a_sub_env_with_wrong_factor_names(bad: dict, match: 
     with pytest.raises(ValueError, match=match):
         v.step(v.action_space.sample())
     v.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
+def test_factor_reader_reads_exactly_the_names_in_order_as_floats(k: int) -> None:
+    names = tuple(f"f{i}" for i in range(k))
+    info = {n: np.float32(i + 0.5) for i, n in enumerate(reversed(names))}
+    info["other"] = 7.0
+    out = factor_reader(names)(info)
+    assert tuple(out) == names
+    assert all(type(v) is float for v in out.values())
+    assert out == {n: float(info[n]) for n in names}
+    with pytest.raises(KeyError):
+        factor_reader((*names, "missing"))(info)
+
+
+def test_state_reader_equals_mj_get_state() -> None:
+    env = envs.make_env("halfcheetah", seed=0)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    model, data = env.unwrapped.model, env.unwrapped.data
+    sig = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    want = np.empty(mujoco.mj_stateSize(model, sig))
+    mujoco.mj_getState(model, data, want, sig)
+    read = state_reader(model, data, sig)
+    a, b = read(), read()
+    np.testing.assert_array_equal(a, want)
+    assert a is not b and a.dtype == np.float64  # a fresh vector per call
+    env.close()
