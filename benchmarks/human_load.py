@@ -124,8 +124,12 @@ def main() -> int:
             with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
                 n = 0
                 while time.monotonic() < stop_at:
-                    q = c.get("/api/next").json()["query"]
+                    nxt = c.get("/api/next").json()
+                    q = nxt["query"]
                     if q is None:
+                        if nxt.get("state") == "wait":  # the rest are held by other labellers
+                            time.sleep(min(float(nxt.get("retry_after") or 0.05), 0.5))
+                            continue
                         problems.append(f"{name}: ran out of queries")
                         return
                     choice = rng.choice(list(CHOICES))
