@@ -125,8 +125,6 @@ def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run (or resume) one training job in ``run_dir``; returns its final scalars."""
-    from pbrl.loops.online import PreferenceLoop
-
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if cfg.resume:
@@ -145,11 +143,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             f"{run_dir} already holds a run; pass resume=true to continue it or choose another "
             "hydra.run.dir"
         )
+    # The training stack (torch, SB3) is imported only now, so a refusal above is immediate.
     if cfg.agent.get("algo") == "gpu_ppo":  # PrefPPO on the device (pbrl/gpu, docs/gpu.md)
         from pbrl.gpu.loop import GpuPreferenceLoop
 
         loop = GpuPreferenceLoop(cfg, run_dir)
     else:
+        from pbrl.loops.online import PreferenceLoop
+
         loop = PreferenceLoop(cfg, run_dir)
     try:
         if cfg.resume and not loop.try_resume():
@@ -163,7 +164,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def _train(cfg: DictConfig) -> float:
-    from pbrl.loops.online import RunError
+    from pbrl.errors import RunError
     from pbrl.store import NotAFeedbackStoreError, SchemaVersionError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)

@@ -157,6 +157,28 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+def test_a_refused_resume_fails_before_importing_the_training_stack(tmp_path: Path) -> None:
+    # The config check runs before torch and SB3 are imported, so the refusal is immediate.
+    (tmp_path / "config.yaml").write_text("resume: false\nseed: 0\nagent:\n  algo: sac\n")
+    code = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from pbrl.cli import ResumeError, run\n"
+        "cfg = OmegaConf.create({'resume': True, 'seed': 1, 'agent': {'algo': 'sac'}})\n"
+        "try:\n"
+        f"    run(cfg, {str(tmp_path)!r})\n"
+        "except ResumeError as err:\n"
+        "    print('refused:', err)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "refused:" in res.stdout and "seed: 0 (run) vs 1 (now)" in res.stdout
+    assert "torch imported: False" in res.stdout
+
+
 def test_multirun_sweeps_seeds_with_every_choice_from_config(tmp_path: Path) -> None:
     res = train(
         [

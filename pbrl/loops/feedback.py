@@ -22,16 +22,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pbrl.data import Label, QueryBatch, SegmentBatch
+from pbrl.errors import RunError
 from pbrl.metrics import preference_accuracy, reward_correlation
 from pbrl.queries import make_selector
 from pbrl.rewards import make_reward_learner
 from pbrl.rewards.bradley_terry import BTRewardLearner, NonFiniteLossError
 from pbrl.store import FeedbackStore
 from pbrl.teachers import make_teacher
-
-
-class RunError(RuntimeError):
-    """A run cannot go on; the message says why and what was saved."""
 
 
 def feedback_batch_size(cfg: DictConfig, step: int, used: int) -> int:
