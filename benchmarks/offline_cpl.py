@@ -4,7 +4,10 @@
 1. ``pbrl-dataset make env=mw_drawer_open policy=scripted mode=rank ...``: Meta-World's
    scripted expert with Gaussian action noise (a stand-in for the paper's SAC oracle, which
    would take ~1M SAC steps to train here), 64-step segments, one ranking of all segments by
-   a score label (``--labels return``: true segment return; ``regret`` needs a SAC critic).
+   a score label (``--labels expert_logprob``, the default: CPL's preference model with the
+   scripted expert as ``pi*``, i.e. ``sum_t -||mu*(s_t) - a_t||^2``; ``return``: the true
+   segment return, which on this dense-reward task ranks segments by how far the episode has
+   progressed rather than by how well they act; ``regret`` needs a SAC critic).
 2. ``pbrl-offline dataset=<file> agent=cpl|sft|piql seed=<s> ...`` for each seed, run in this
    process through the same code path as the CLI (:func:`pbrl.offline.cli.run`), with the
    smaller budget given on the command line (network width, batch, steps).
@@ -61,15 +64,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="mw_drawer_open")
     p.add_argument("--policy", default=None, help="default: scripted (Meta-World), else random")
-    p.add_argument("--labels", default="return")
-    p.add_argument("--episodes", type=int, default=160)
-    p.add_argument("--segments", type=int, default=1000)
+    p.add_argument("--labels", default="expert_logprob")
+    p.add_argument("--episodes", type=int, default=400)
+    p.add_argument("--segments", type=int, default=2500, help="the paper's 2.5k (dense)")
     p.add_argument("--noise", type=float, default=0.5)
     p.add_argument("--max-episode-steps", type=int, default=250, help="CPL's Meta-World horizon")
     p.add_argument("--agents", nargs="+", default=["cpl", "sft", "piql"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--bc-steps", type=int, default=750)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--bc-steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3, help="all agents (paper: 1e-4 / 3e-4)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--reward-steps", type=int, default=300)
@@ -130,6 +133,18 @@ def main() -> None:
         write(args, policy, make_cmd, made, t_data, results, walls, fallback, agent_overrides)
 
 
+def rank_start_correlation(path: Path) -> float:
+    """Spearman correlation of rank position (0 = best) with the segment's start step."""
+    import numpy as np
+    from scipy import stats
+
+    z = np.load(path)
+    order = z["ranking"][0]
+    pos = np.empty_like(order)
+    pos[order] = np.arange(len(order))
+    return float(stats.spearmanr(pos, z["start"][0]).statistic)
+
+
 def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
     mw = args.env.startswith("mw_")
     metric = "eval/success_rate" if mw else "eval/true_return"
@@ -148,7 +163,10 @@ def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf) -
     lines += [
         f"Dataset ({t_data:.0f} s): `{make_cmd}` -> {made.episodes} episodes "
         f"(mean return {made.mean_episode_return:.0f}, success {100 * made.success_rate:.0f} %), "
-        f"{made.segments} segments x 64 steps in one ranking by `{args.labels}`.",
+        f"{made.segments} segments x 64 steps in one ranking by `{args.labels}`. Spearman "
+        f"correlation of a segment's rank (best first) with its start step in the episode: "
+        f"{rank_start_correlation(made.path):+.2f} (near 0: the labels do not favour a phase of "
+        "the task; strongly negative: late segments rank first).",
         "",
         "Training: `pbrl-offline dataset=<file> seed=<s> num_steps="
         f"{args.steps} eval.episodes={args.eval_episodes} +env.kwargs.max_episode_steps="

@@ -16,7 +16,15 @@ The recipe (CPL, Hejna et al. 2024, ``scripts/create_comparison_dataset.py`` and
      critic ensemble's ``Q(s, a)`` over ``value_samples`` actions drawn from the oracle policy;
    - ``return``: the segment's true return (the rational teacher's score);
    - ``future_return``: OPPO's scripted score, the true return of the ``foresee`` steps from
-     the segment's first step on (cut at the episode's end).
+     the segment's first step on (cut at the episode's end);
+   - ``expert_logprob``: CPL's own preference model with the rollout policy as the optimal
+     policy ``pi*``: ``sum_t log pi*(a_t|s_t)`` under the deterministic actor's log-density
+     ``-||mu*(s_t) - a_t||^2`` (CPL's configs), ``mu*`` the policy's noiseless action. CPL
+     derives ``A*(s, a) = alpha log pi*(a|s)``, so this is the regret label for a policy that
+     is (taken as) optimal and has no critic, e.g. Meta-World's scripted expert. Unlike a
+     segment's return on a dense-reward task (which grows as the task progresses, so late
+     segments win), it scores only how far the executed actions strayed from the expert's,
+     wherever in the episode the segment lies.
 
    Score-based sources give hard labels (0.5 on exact ties), no Bradley-Terry sampling.
 4. **Write** a dataset file through :class:`~pbrl.store.FeedbackStore` and its ``export``:
@@ -52,7 +60,7 @@ from pbrl.data import Feedback, Label, QueryBatch, SegmentBatch
 from pbrl.store import FeedbackStore
 from pbrl.teachers import PRESETS, make_teacher
 
-SCORE_SOURCES: tuple[str, ...] = ("regret", "return", "future_return")
+SCORE_SOURCES: tuple[str, ...] = ("regret", "return", "future_return", "expert_logprob")
 """Label sources that score each segment (usable for rankings)."""
 
 LABEL_SOURCES: tuple[str, ...] = (*SCORE_SOURCES, *PRESETS)
@@ -416,6 +424,21 @@ def future_return_scores(ro: Rollouts, rows: np.ndarray, foresee: int = 200) -> 
     return csum[end] - csum[rows]
 
 
+def expert_logprob_scores(seg: SegmentBatch, policy: PolicyFn, batch: int = 4096) -> np.ndarray:
+    """``sum_t -||mu*(s_t) - a_t||^2`` per segment, ``(N,)``.
+
+    ``mu*`` is the rollout policy's noiseless action (scaled, in [-1, 1]), ``a_t`` the executed
+    one; see ``expert_logprob`` in the module docstring.
+    """
+    n, h = seg.actions.shape[:2]
+    obs = seg.obs.reshape(n * h, -1)
+    mu = np.concatenate(
+        [np.asarray(policy(obs[i : i + batch]), np.float64) for i in range(0, len(obs), batch)]
+    )
+    err = mu.reshape(seg.actions.shape) - seg.actions.astype(np.float64)
+    return -np.square(err).sum(axis=(1, 2))
+
+
 def score_labels(score_first: np.ndarray, score_second: np.ndarray) -> np.ndarray:
     """Hard labels from scores: ``Label.SECOND`` when the second scores higher, EQUAL on ties."""
     return np.where(
@@ -596,6 +619,12 @@ def make_dataset(
         model = load_sb3(policy, device)
         fn = sb3_policy(model)
     critic_model = load_sb3(critic, device) if critic else model
+    if "expert_logprob" in labels and policy == "random":
+        raise DatasetError(
+            "expert_logprob labels score actions against the rollout policy's own noiseless "
+            "action, which uniform random actions do not have; use policy=scripted (Meta-World), "
+            "sac-oracle or an SB3 .zip"
+        )
     if "regret" in labels and (critic_model is None or not hasattr(critic_model, "critic")):
         raise DatasetError(
             "regret labels need an oracle SAC critic: pass critic=<SB3 SAC .zip>, or "
@@ -617,6 +646,8 @@ def make_dataset(
         scores["return"] = seg.true_reward.astype(np.float64).sum(axis=1)  # type: ignore[union-attr]
     if "future_return" in labels:
         scores["future_return"] = future_return_scores(ro, rows, foresee)
+    if "expert_logprob" in labels:
+        scores["expert_logprob"] = expert_logprob_scores(seg, fn)
     qb, fbs = label_dataset(seg, labels, scores, mode, seed, teacher_kwargs)
     counts: dict[str, dict[str, int]] = {}
     for f in fbs:

@@ -208,3 +208,32 @@ def test_scripted_meta_world_expert_beats_random_and_is_refused_elsewhere(tmp_pa
     }  # fmt: skip
     # the expert reaches and pulls the handle within 60 steps; random actions do not
     assert runs["scripted"].mean_episode_return > 2 * runs["random"].mean_episode_return
+
+
+def test_expert_logprob_labels_rank_by_distance_to_the_experts_actions(tmp_path: Path) -> None:
+    pytest.importorskip("metaworld")
+    kw = {"max_episode_steps": 40}
+    with pytest.raises(DatasetError, match="expert_logprob labels score actions"):
+        make_dataset("mw_drawer_open", tmp_path / "r.npz", policy="random",
+                     labels=["expert_logprob"], episodes=1, segments=4, segment_size=8,
+                     env_kwargs=kw, log=lambda s: None)  # fmt: skip
+    path = tmp_path / "d.npz"
+    make_dataset("mw_drawer_open", path, policy="scripted", labels=["expert_logprob"],
+                 mode="rank", episodes=2, segments=12, segment_size=8, noise=0.3, num_envs=2,
+                 env_kwargs=kw, keep_sim_state=False, log=lambda s: None)  # fmt: skip
+    z = np.load(path)
+    obs, act = z["obs"][0], z["actions"][0]  # (12, 8, 39), (12, 8, 4)
+    mu = scripted_policy("mw_drawer_open")(obs.reshape(-1, obs.shape[-1])).reshape(act.shape)
+    score = -np.square(mu - act).sum(axis=(1, 2))
+    assert (score < 0).all()  # noisy actions stray from the expert's
+    # the stored ranking is best first by the recomputed score
+    np.testing.assert_array_equal(z["ranking"][0], np.argsort(-score, kind="stable"))
+    # without noise the executed actions are the expert's: every score is 0
+    make_dataset("mw_drawer_open", tmp_path / "n.npz", policy="scripted",
+                 labels=["expert_logprob"], mode="rank", episodes=1, segments=4, segment_size=8,
+                 noise=0.0, num_envs=1, env_kwargs=kw, keep_sim_state=False,
+                 log=lambda s: None)  # fmt: skip
+    z = np.load(tmp_path / "n.npz")
+    obs, act = z["obs"][0], z["actions"][0]
+    mu = scripted_policy("mw_drawer_open")(obs.reshape(-1, obs.shape[-1])).reshape(act.shape)
+    np.testing.assert_allclose(mu, act, atol=1e-6)
