@@ -1,11 +1,18 @@
-"""C-MORL vs PGMORL (ours) on one env at one step budget, scored by the same evaluator.
+"""C-MORL vs PGMORL (ours and morl-baselines') on one env at one step budget, one evaluator.
 
     python benchmarks/cmorl_front.py                       # CPU scale (see SCALES), 3 seeds
     python benchmarks/cmorl_front.py --scale paper --workers 6   # the paper's budget
+    python benchmarks/cmorl_front.py --arms cmorl pgmorl morlb-pgmorl \
+        --morlb-python /work/venvs/morlb/bin/python      # + morl-baselines' PGMORL
 
-Both methods share MOPPO, the jobs, the archive and EvalProtocol (episodes, length, gamma,
-reference point, EU grid); steps count every parallel env's transitions, evaluation episodes
-are counted apart. Writes the ``## C-MORL vs PGMORL ...`` section of benchmarks/RESULTS.md.
+Arms: ``cmorl`` and ``pgmorl`` (pbrl's) share MOPPO, the jobs, the archive and EvalProtocol
+(episodes, length, gamma, reference point, EU grid). ``morlb-pgmorl`` is morl-baselines'
+PGMORL (a benchmark-only dependency: ``pip install morl-baselines``, best in its own venv, see
+benchmarks/morlb_pgmorl.py), run by ``--morlb-python`` in a subprocess with the same budget
+(4 envs x ``num_steps`` per iteration, warm-up / evolution iterations of the scale) and its
+trained policies scored by the same EvalProtocol. Steps count every parallel env's
+transitions; evaluation episodes are counted apart. Writes the ``## C-MORL vs PGMORL ...``
+section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +40,16 @@ from pbrl.morl.ppo import MOPPOConfig  # noqa: E402
 # name -> (total steps, C-MORL init steps, PPO num_steps per env, PGMORL warm-up / evolution
 # iterations, C-MORL update_iter, eval episodes, eval max steps)
 SCALES = {
+    "tiny": dict(
+        total=3_072,
+        init=1_536,
+        num_steps=64,
+        warm=1,
+        evo=1,
+        update_iter=1,
+        episodes=2,
+        max_steps=100,
+    ),  # fmt: skip  (a plumbing check of every arm, seconds to a minute each)
     "smoke": dict(
         total=49_152,
         init=24_576,
@@ -64,7 +83,51 @@ SCALES = {
 }
 
 
-def run_one(method: str, env: str, seed: int, scale: dict, workers: int, out: Path) -> dict:
+MORLB = Path(__file__).with_name("morlb_pgmorl.py")
+ARMS = ("cmorl", "pgmorl", "morlb-pgmorl")
+
+
+def check_morlb(python: str) -> None:
+    """Fail early, naming the install, when ``python`` cannot import morl-baselines."""
+    probe = "import morl_baselines.multi_policy.pgmorl.pgmorl, pbrl.morl.ppo"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    r = subprocess.run([python, "-c", probe], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        err = (r.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(
+            f"the morlb-pgmorl arm needs morl-baselines and pbrl importable by {python} ({err}); "
+            "install it with `pip install morl-baselines==1.3.0` (e.g. in a venv made with "
+            "--system-site-packages) and pass --morlb-python"
+        )
+
+
+def run_morlb(env: str, seed: int, scale: dict, out: Path, python: str) -> dict:
+    """morl-baselines' PGMORL at the scale's budget, scored by EvalProtocol (a subprocess)."""
+    path = out / f"morlb-pgmorl-s{seed}.json"
+    cmd = [python, str(MORLB), "--env", env, "--seed", str(seed), "--total", str(scale["total"]),
+           "--num-envs", "4", "--steps-per-iteration", str(scale["num_steps"]),
+           "--warmup-iterations", str(scale["warm"]),
+           "--evolutionary-iterations", str(scale["evo"]), "--episodes", str(scale["episodes"]),
+           "--max-steps", str(scale["max_steps"]), "--gamma", "0.99",
+           "--ref-point", "-100", "-100", "--eu-step", "0.01", "--eval-seed", str(10_000 + seed),
+           "--out", str(path)]  # fmt: skip
+    env_vars = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    with open(out / f"morlb-pgmorl-s{seed}.log", "w") as log:
+        r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}); see {log.name}")
+    return json.loads(path.read_text())
+
+
+def run_one(
+    method: str, env: str, seed: int, scale: dict, workers: int, out: Path, morlb_python: str
+) -> dict:
+    if method == "morlb-pgmorl":
+        res = run_morlb(env, seed, scale, out, morlb_python)
+        print(f"{method} s{seed}: HV {res['hv']:.4g} EU {res['eu']:.4g} front "
+              f"{res['cardinality']} steps {res['env_steps']} eval steps {res['eval_steps']} "
+              f"{res['wall_s']:.0f}s", flush=True)  # fmt: skip
+        return res
     ppo = MOPPOConfig(num_envs=4, num_steps=scale["num_steps"])
     prot = EvalProtocol(episodes=scale["episodes"], max_steps=scale["max_steps"], gamma=0.99,
                         ref_point=(-100.0, -100.0), eu_step=0.01, seed=10_000 + seed)  # fmt: skip
@@ -93,54 +156,119 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="runs/bench-cmorl")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS[:2]), choices=ARMS)
+    ap.add_argument(
+        "--morlb-python",
+        default=os.environ.get("MORLB_PYTHON", sys.executable),
+        help="python that imports morl-baselines and pbrl (morlb-pgmorl arm)",
+    )
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--from-json",
+        default=None,
+        help="rewrite the section from a results.json of an earlier run (no training)",
+    )
+    ap.add_argument("--cores", default="2 loaded CPU cores", help="the machine, for the text")
+    ap.add_argument("--note", default="", help="a reading paragraph to add after the ratios")
     args = ap.parse_args()
-    torch.set_num_threads(1)
     scale = SCALES[args.scale]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[dict]] = {"cmorl": [], "pgmorl": []}
-    for seed in range(args.seeds):
-        for method in rows:
-            rows[method].append(run_one(method, args.env, seed, scale, args.workers, out))
-    (out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        args.arms = [m for m in ARMS if m in rows]
+        args.seeds = len(next(iter(rows.values())))
+    else:
+        if "morlb-pgmorl" in args.arms:
+            check_morlb(args.morlb_python)
+        torch.set_num_threads(1)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = {m: [] for m in args.arms}
+        for seed in range(args.seeds):
+            for method in rows:
+                rows[method].append(
+                    run_one(method, args.env, seed, scale, args.workers, out, args.morlb_python)
+                )
+                (out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+    body = report(rows, args, scale)
+    if not args.no_write:
+        write_section(f"C-MORL vs PGMORL on {args.env} (issue 9)", body)
+    print(body)
 
-    def ms(method: str, key: str) -> str:
-        v = np.array([r[key] for r in rows[method]], float)
+
+def report(rows: dict[str, list[dict]], args: argparse.Namespace, scale: dict) -> str:
+    """The RESULTS.md section: table, ratios of C-MORL to each PGMORL, and the caveats."""
+
+    def arr(method: str, key: str) -> np.ndarray:
+        return np.array([r[key] for r in rows[method]], float)
+
+    def ms(method: str, key: str, div: float = 1.0) -> str:
+        v = arr(method, key) / div
         return f"{v.mean():.4g} ± {v.std():.2g}"
 
     head = "| method | HV (x1e4) | EU | sparsity | front size | train steps | eval steps | wall s |"
     table = [head, "|---|---|---|---|---|---|---|---|"]
     for method in rows:
-        hv = np.array([r["hv"] for r in rows[method]]) / 1e4
         table.append(
-            f"| {method} | {hv.mean():.4g} ± {hv.std():.2g} | {ms(method, 'eu')} | "
+            f"| {method} | {ms(method, 'hv', 1e4)} | {ms(method, 'eu')} | "
             f"{ms(method, 'sparsity')} | {ms(method, 'cardinality')} | "
-            f"{rows[method][0]['env_steps']} | {ms(method, 'eval_steps')} | "
-            f"{ms(method, 'wall_s')} |"
+            f"{ms(method, 'env_steps')} | {ms(method, 'eval_steps')} | {ms(method, 'wall_s')} |"
         )
-    hv_c = np.mean([r["hv"] for r in rows["cmorl"]])
-    hv_p = np.mean([r["hv"] for r in rows["pgmorl"]])
-    cmd = f"python benchmarks/cmorl_front.py --env {args.env} --scale {args.scale} " \
-          f"--seeds {args.seeds} --workers {args.workers}"  # fmt: skip
-    body = f"""Command: `{cmd}` ({datetime.date.today().isoformat()}; 2 loaded CPU cores).
-Scale `{args.scale}`: {scale}. Steps count all 4 envs' transitions; evaluation ({scale["episodes"]}
-deterministic episodes of {scale["max_steps"]} steps, gamma 0.99, reference (-100, -100), EU on the
-101-point grid) is the same `EvalProtocol` for both and counted apart. Mean ± std over
+    lines = []
+    if "cmorl" in rows:
+        for base in ("pgmorl", "morlb-pgmorl"):
+            if base not in rows:
+                continue
+            part = []
+            for key, name in (("hv", "HV"), ("eu", "EU"), ("wall_s", "wall time")):
+                c, b = arr("cmorl", key), arr(base, key)
+                wins = int((c >= b).sum()) if key != "wall_s" else int((c <= b).sum())
+                tag = "C-MORL >=" if key != "wall_s" else "C-MORL faster in"
+                part.append(f"{name} {c.mean() / b.mean():.3f} ({tag} {wins}/{len(c)} seeds)")
+            lines.append(f"- C-MORL / {base}: " + "; ".join(part) + ".")
+    if "morlb-pgmorl" in rows:
+        m = rows["morlb-pgmorl"]
+        lines.append(
+            f"- morlb-pgmorl detail: {np.mean([r['num_policies'] for r in m]):.0f} trained "
+            "policies per seed scored (every one its evaluations saw after training); its own "
+            f"final archive alone (chosen by its internal evaluation) scores HV "
+            f"{np.mean([r.get('archive_hv', 0.0) for r in m]) / 1e4:.4g}e4, EU "
+            f"{np.mean([r.get('archive_eu', float('nan')) for r in m]):.4g}; eval steps = "
+            f"its internal evaluations ({np.mean([r['internal_eval_steps'] for r in m]):.0f}) "
+            f"+ scoring ({np.mean([r['scoring_eval_steps'] for r in m]):.0f}); wall s = "
+            f"training {np.mean([r['train_s'] for r in m]):.0f} + scoring "
+            f"{np.mean([r['score_s'] for r in m]):.0f} (imports excluded)."
+        )
+    arms = " ".join(rows)
+    cmd = (
+        f"OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/cmorl_front.py --env {args.env} "
+        f"--scale {args.scale} --seeds {args.seeds} --workers {args.workers} --arms {arms}"
+    )
+    if "morlb-pgmorl" in rows:
+        cmd += " --morlb-python /work/venvs/morlb/bin/python"  # fmt: skip
+    nl = chr(10)
+    return f"""Command: `{cmd}` ({datetime.date.today().isoformat()}; {args.cores}).
+Scale `{args.scale}`: {scale}. Train steps count all 4 envs' transitions; evaluation
+({scale["episodes"]} deterministic episodes of {scale["max_steps"]} steps, gamma 0.99, reference
+(-100, -100), EU on the 101-point grid) is the same `EvalProtocol` for every arm and counted
+apart. `cmorl` and `pgmorl` are pbrl's (`pbrl.morl`); `morlb-pgmorl` is morl-baselines 1.3.0's
+PGMORL (benchmarks/morlb_pgmorl.py: 4 envs x {scale["num_steps"]} steps per iteration, pop 6,
+{scale["warm"]} warm-up + {scale["evo"]}-iteration evolution stages, origin = the reference
+point, its PPO defaults equal pbrl's), whose trained policies are re-scored by pbrl's
+evaluator with the observation normalisation they were trained with. Mean ± std over
 {args.seeds} seeds.
 
-{chr(10).join(table)}
+{nl.join(table)}
 
-C-MORL / PGMORL hypervolume: {hv_c / max(hv_p, 1e-12):.3f}. Paper (Liu et al. 2025, 1.5e6 nominal
-steps x 4 envs, against morl-baselines' PGMORL): C-MORL up to +35% HV and +9% EU over PGMORL
-across its benchmarks (per-environment values are not given in the notes). At the CPU scale
-both methods spend most of the budget in their first stage, so this is a smoke-level
-comparison of the pipelines, not a reproduction of the paper's gap; the `paper` scale
-reproduces the budget (about 6e6 transitions per seed, days of CPU time on 2 cores).
+{nl.join(lines)}
+{nl + args.note.strip() + nl if args.note.strip() else ""}
+Paper (Liu et al. 2025, 1.5e6 nominal steps x 4 envs, against morl-baselines' PGMORL): C-MORL
+up to +35% HV and +9% EU over PGMORL across its benchmarks (per-environment values are not
+given in the notes). This budget is {scale["total"]:,} transitions per seed, about
+{6e6 / scale["total"]:.0f}x below the paper's 6e6: every method spends most of it in its first
+stage (C-MORL's Pareto initialisation, PGMORL's warm-up), so this compares the pipelines at a
+small budget, not a reproduction of the paper's gap; the `paper` scale reproduces the budget
+(days of CPU time on 2 cores).
 """
-    if not args.no_write:
-        write_section(f"C-MORL vs PGMORL on {args.env} (issue 9)", body)
-    print(body)
 
 
 if __name__ == "__main__":
