@@ -1,4 +1,4 @@
-"""SAC on RAPL's visual reward: episode-level OT rewards written back into the replay buffer.
+"""SAC or PPO on RAPL's visual reward: episode-level OT rewards written back into storage.
 
 RAPL (Tian et al., ICLR 2024) rewards a rollout by optimal transport between its embedded
 frames and an expert demonstration's, in the space of a frame encoder aligned on preference
@@ -17,21 +17,34 @@ replay buffer:
    learns from a step whose reward is not yet known; learning starts once
    ``learning_starts`` steps (at least one whole episode) are stored.
 
+**PPO** (``agent.algo=ppo``, the paper's learner; settings ``agent.ppo.*``) gets the same
+rewards in its rollout storage before GAE (:class:`EpisodicRolloutRelabel`, an SB3 callback):
+SB3 fills the rollout with the env's rewards and computes GAE; at the rollout's end the
+callback renders and scores every episode that ended in it (one batch, the same
+:class:`EpisodeReward`), overwrites those steps' rewards, keeping the
+``gamma * V(s_T)`` SB3 adds at time-limit truncations, and recomputes returns and
+advantages with the same last values. An episode still running when the rollout ends is
+rewarded on the part played so far (its frames up to the env's current state); when it ends
+in a later rollout, that rollout's steps get the whole episode's rewards. The default
+``n_steps`` is a multiple of the episode length, so with fixed-length episodes (X-Magical
+only truncates) no episode is cut; ``rapl/partial_episode_steps`` counts the steps that were.
+
 Which frame rewards step ``t``: the frame *after* the action, ``o_{t+1}`` (rendered from the
 next step's pre-step state, or from the final state for the last step), so ``r_t`` scores
 the consequence of ``a_t``; the demo's frames are its post-step states too.
 
 :func:`train_on_rapl_reward` runs one experiment: it loads an aligned encoder (or aligns one
-first on triplets of rollouts ranked by :class:`~pbrl.teachers.visual.VisualCriterionTeacher`),
-makes the expert demos with the suite's scripted policy (:func:`scripted_policy`) or loads
-them, trains SAC and logs ``eval/true_return``, ``eval/success_rate``, ``eval/rapl_return``,
-``train/...`` and the reward's cost per episode (``rapl/render_ms``, ``rapl/embed_ms``,
-``rapl/ot_ms``) to TensorBoard. ``reward="true_reward"`` trains on the env's own reward (the
-baseline); ``encoder.aligned=false`` rewards with the frozen pretrained backbone's features
-(the paper's ImNet-OT baseline); ``reward="rlhf"`` is the paper's RLHF baseline, a per-frame
-reward learned with Bradley-Terry on the same videos and triplet queries
-(:mod:`pbrl.visual.rlhf`, :func:`learn_rlhf_reward`), relabelled the same way (its tags are
-``rlhf/...``, ``eval/rlhf_return``, ``train/rlhf_return``). The command line is
+first on triplets of rollouts ranked by
+:class:`~pbrl.teachers.visual.VisualCriterionTeacher`), makes the expert demos with the
+suite's scripted policy (:func:`scripted_policy`) or loads them, trains SAC (or PPO) and logs
+``eval/true_return``, ``eval/success_rate``, ``eval/rapl_return``, ``train/...`` and the
+reward's cost per episode (``rapl/render_ms``, ``rapl/embed_ms``, ``rapl/ot_ms``) to
+TensorBoard. ``reward="true_reward"`` trains on the env's own reward (the baseline);
+``encoder.aligned=false`` rewards with the frozen pretrained backbone's features (the paper's
+ImNet-OT baseline); ``reward="rlhf"`` is the paper's RLHF baseline, a per-frame reward learned
+with Bradley-Terry on the same videos and triplet queries (:mod:`pbrl.visual.rlhf`,
+:func:`learn_rlhf_reward`), relabelled the same way (its tags are ``rlhf/...``,
+``eval/rlhf_return``, ``train/rlhf_return``). The command line is
 ``python -m pbrl.visual.train``.
 """
 
@@ -49,12 +62,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl import envs as pbrl_envs
-from pbrl.agents.sb3 import PbrlSAC, load_sb3_state, make_logger, make_vec_env, sb3_state
+from pbrl.agents.sb3 import (
+    PbrlPPO,
+    PbrlSAC,
+    load_sb3_state,
+    make_logger,
+    make_vec_env,
+    sb3_state,
+)
 from pbrl.buffer import PbrlReplayBuffer
 from pbrl.checkpoint import Checkpointed
 from pbrl.data import QueryBatch, SegmentBatch
@@ -74,6 +95,9 @@ FINAL_STATE = "final_sim_state"
 
 REWARD_KINDS: tuple[str, ...] = ("rapl", "rlhf", "true_reward")
 """``reward=``: RAPL's OT reward, the RLHF baseline's Bradley-Terry reward, the env's own."""
+
+ALGOS: tuple[str, ...] = ("sac", "ppo")
+"""``agent.algo=``: SAC (rewards written into the replay buffer) or PPO (into the rollout)."""
 
 
 class RaplRunError(RuntimeError):
@@ -681,6 +705,147 @@ class EpisodicRewardBuffer(PbrlReplayBuffer):
 
 
 # ----------------------------------------------------------------------------------------
+# PPO: the rollout storage
+class EpisodicRolloutRelabel(BaseCallback):
+    """PPO's rollout rewards rewritten with the episode-level reward before GAE.
+
+    SB3's ``collect_rollouts`` stores each step with the env's reward, computes returns and
+    advantages, then calls :meth:`on_rollout_end`. There this callback overwrites the stored
+    rewards with ``episode_reward_fn``'s per-step rewards and recomputes returns and
+    advantages with the same last values and dones:
+
+    - a step of an episode that *ended* in this rollout gets its per-step reward for the whole
+      episode (its post-step states rendered and scored in one batch with the others);
+    - a step of an episode still *running* when the rollout ends gets the reward of the
+      episode so far (post-step states from its first step, which may lie in an earlier
+      rollout, to the env's current state). For OT this is the partial video matched to the
+      demos; when the episode ends in a later rollout, that rollout's steps get the rewards
+      of the whole episode. With fixed-length episodes and ``n_steps`` a multiple of their
+      length no episode is ever cut (:attr:`partial_steps` counts the steps that were);
+    - SB3 adds ``gamma * V(terminal observation)`` to the reward of a step whose episode was
+      cut by the time limit. That term is kept: it is the stored reward minus the env reward
+      this callback saw at that step (read in :meth:`_on_step`, before SB3 adds it).
+
+    Finished episodes are summarised in :attr:`finished` like
+    :attr:`EpisodicRewardBuffer.finished`.
+
+    Args:
+        episode_reward_fn: ``[states (T_i, D_s)] -> [(T_i,) rewards]``.
+        envs: the vector env's envs (each wraps a :class:`PbrlEnv` in :class:`FinalSimState`);
+            the current state of a running episode is read from them at the rollout's end.
+    """
+
+    def __init__(self, episode_reward_fn: EpisodeRewardFn, envs: Sequence[gym.Env]):
+        super().__init__()
+        self.episode_reward_fn = episode_reward_fn
+        pbrl = [find_wrapper(e, PbrlEnv) for e in envs]
+        if any(p is None for p in pbrl):
+            raise TypeError("EpisodicRolloutRelabel needs pbrl envs (pbrl.envs.make_env)")
+        self._pbrl: list[PbrlEnv] = pbrl  # type: ignore[assignment]
+        n = len(envs)
+        # the running episode of each env column, from its first step (maybe an earlier rollout)
+        self._states: list[list[np.ndarray]] = [[] for _ in range(n)]  # pre-step sim states
+        self._true = np.zeros(n, np.float64)
+        self._success = np.zeros(n, bool)
+        # this rollout
+        self._rows: list[list[int]] = [[] for _ in range(n)]
+        self._ended: list[tuple[int, list[int], np.ndarray, float, bool]] = []
+        self._env_reward = np.zeros((0, n), np.float32)
+        self._t = 0
+        self.finished: list[dict[str, float]] = []
+        self.partial_steps = 0
+
+    def _on_rollout_start(self) -> None:
+        n_steps = int(self.model.rollout_buffer.buffer_size)
+        self._env_reward = np.zeros((n_steps, len(self._pbrl)), np.float32)
+        self._rows = [[] for _ in self._pbrl]
+        self._ended = []
+        self._t = 0
+
+    def _on_step(self) -> bool:
+        infos = self.locals["infos"]
+        dones = np.asarray(self.locals["dones"]).astype(bool)
+        t = self._t
+        # the env's reward, before SB3 adds the truncation bootstrap to it in place
+        self._env_reward[t] = np.asarray(self.locals["rewards"], np.float32)
+        for e, info in enumerate(infos):
+            self._states[e].append(np.asarray(info["sim_state"], np.float64))
+            self._rows[e].append(t)
+            self._true[e] += float(info.get("true_reward", self._env_reward[t, e]))
+            self._success[e] |= bool(info.get("success", False))
+            if dones[e]:
+                final = info.get(FINAL_STATE)
+                if final is None:
+                    raise KeyError(
+                        f"the last step's info lacks {FINAL_STATE!r}; wrap each env in "
+                        "pbrl.visual.rl.FinalSimState"
+                    )
+                post = np.stack([*self._states[e][1:], np.asarray(final, np.float64)])
+                self._ended.append(
+                    (e, self._rows[e], post, float(self._true[e]), bool(self._success[e]))
+                )
+                self._states[e], self._rows[e] = [], []
+                self._true[e], self._success[e] = 0.0, False
+        self._t += 1
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        n = self._t
+        if n != buf.buffer_size:
+            raise RaplRunError(
+                f"the rollout stopped after {n} of {buf.buffer_size} steps; its rewards are not "
+                "all known"
+            )
+        jobs = [(e, rows, post) for e, rows, post, _, _ in self._ended]
+        for e, rows in enumerate(self._rows):
+            if rows:  # the episode goes on: score the part played so far
+                now = np.asarray(self._pbrl[e].get_env_state()["state"], np.float64)
+                jobs.append((e, rows, np.stack([*self._states[e][1:], now])))
+                self.partial_steps += len(rows)
+        rewards = self.episode_reward_fn([post for _, _, post in jobs])
+        bootstrap = buf.rewards[:n] - self._env_reward[:n]  # gamma V(s_T) at truncations, else 0
+        written = np.zeros(buf.rewards.shape, bool)
+        for (e, rows, post), r in zip(jobs, rewards, strict=True):
+            r = np.asarray(r, np.float32).reshape(-1)
+            if r.shape != (len(post),):
+                raise ValueError(f"episode reward has shape {r.shape}, expected ({len(post)},)")
+            idx = np.asarray(rows, np.int64)
+            buf.rewards[idx, e] = r[len(r) - len(idx) :] + bootstrap[idx, e]
+            written[idx, e] = True
+        assert written.all(), "every rollout step belongs to an ended or a running episode"
+        n_ended = len(self._ended)
+        for (_, _, post, true_ret, ok), r in zip(self._ended, rewards[:n_ended], strict=True):
+            self.finished.append(
+                {
+                    "rapl_return": float(np.sum(r)),
+                    "true_return": true_ret,
+                    "length": float(len(post)),
+                    "success": float(ok),
+                }
+            )
+        buf.compute_returns_and_advantage(
+            last_values=self.locals["values"], dones=np.asarray(self.locals["dones"])
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running episodes (their pre-step states so far), to continue a run exactly."""
+        return {
+            "states": [np.asarray(s, np.float64) for s in self._states],
+            "true": self._true.copy(),
+            "success": self._success.copy(),
+            "partial_steps": self.partial_steps,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self._states = [list(np.asarray(s, np.float64)) for s in state["states"]]
+        self._true = np.asarray(state["true"], np.float64).copy()
+        self._success = np.asarray(state["success"], bool).copy()
+        self.partial_steps = int(state["partial_steps"])
+
+
+# ----------------------------------------------------------------------------------------
 # the encoder
 def load_rapl(path: str | Path, device: str = "cpu") -> RAPLReward:
     """A :class:`RAPLReward` saved by :meth:`RAPLReward.save` (``rapl.pt`` + ``rapl.json``)."""
@@ -903,7 +1068,7 @@ def _cfg_get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
 
 
 class RaplRun(Checkpointed):
-    """One SAC run on the RAPL reward (or a baseline reward) writing into ``run_dir``.
+    """One SAC or PPO run on the RAPL reward (or a baseline reward) writing into ``run_dir``.
 
     Args:
         cfg: a plain mapping with the keys of ``pbrl/configs/rapl/rl.yaml``.
@@ -943,8 +1108,11 @@ class RaplRun(Checkpointed):
         elif self.reward_kind == "rapl" or _cfg_get(cfg, "eval.rapl_return", False):
             self.scorer = self._build_scorer()
 
-        # --- SAC ---------------------------------------------------------------------------
+        # --- the agent ---------------------------------------------------------------------
         a = cfg["agent"]
+        self.algo = str(a.get("algo", "sac"))
+        if self.algo not in ALGOS:
+            raise RaplRunError(f"agent.algo={self.algo!r}; valid: {', '.join(ALGOS)}")
         n_envs = int(a.get("num_envs", 1))
         venv = make_vec_env(
             [
@@ -963,6 +1131,25 @@ class RaplRun(Checkpointed):
             pbrl_envs.make_env(self.env_name, seed=seed + 10_000 + i, **self.env_kwargs)
             for i in range(int(cfg["eval"]["episodes"]))
         ]
+        self.relabel: EpisodicRolloutRelabel | None = None
+        self.buffer: PbrlReplayBuffer | None = None
+        if self.algo == "ppo":
+            self.model: PbrlSAC | PbrlPPO = self._build_ppo(venv, n_envs, seed)
+        else:
+            self.model = self._build_sac(venv, n_envs, seed)
+        self.model.pbrl_total_timesteps = int(cfg["num_train_steps"])
+        self.model.set_logger(make_logger(self._sb3_scalar))
+        self.next_eval = int(cfg["eval"]["every"])
+        ck = int(_cfg_get(cfg, "checkpoint.every", 0))
+        self.next_ckpt = ck if ck > 0 else math.inf
+        self._train_eps: list[dict[str, float]] = []
+
+    # --- setup -------------------------------------------------------------------------
+    def _build_sac(self, venv: Any, n_envs: int, seed: int) -> PbrlSAC:
+        """SAC whose replay buffer gets each episode's rewards when it ends."""
+        cfg, a = self.cfg, self.cfg["agent"]
+        pbrl_env = find_wrapper(self.train_envs[0], PbrlEnv)
+        assert pbrl_env is not None
         buffer_size = int(_cfg_get(cfg, "agent.buffer_size", int(cfg["num_train_steps"])))
         learning_starts = int(a["learning_starts"])
         buffer_kwargs: dict[str, Any] = {
@@ -984,7 +1171,7 @@ class RaplRun(Checkpointed):
         policy_kwargs: dict[str, Any] = {"net_arch": list(a["net_arch"])}
         if bool(a.get("fused_adam", True)):
             policy_kwargs["optimizer_kwargs"] = {"fused": True}
-        self.model = PbrlSAC(
+        model = PbrlSAC(
             "MlpPolicy",
             venv,
             learning_rate=float(a["learning_rate"]),
@@ -1001,15 +1188,57 @@ class RaplRun(Checkpointed):
             seed=seed,
             device=self.device,
         )
-        self.model.pbrl_total_timesteps = int(cfg["num_train_steps"])
-        self.model.set_logger(make_logger(self._sb3_scalar))
-        self.buffer = self.model.replay_buffer
-        self.next_eval = int(cfg["eval"]["every"])
-        ck = int(_cfg_get(cfg, "checkpoint.every", 0))
-        self.next_ckpt = ck if ck > 0 else math.inf
-        self._train_eps: list[dict[str, float]] = []
+        assert isinstance(model.replay_buffer, PbrlReplayBuffer)
+        self.buffer = model.replay_buffer
+        return model
 
-    # --- setup -------------------------------------------------------------------------
+    def _build_ppo(self, venv: Any, n_envs: int, seed: int) -> PbrlPPO:
+        """PPO whose rollout rewards are rewritten per episode before GAE (``agent.ppo.*``).
+
+        ``agent.ppo.n_steps`` null: whole episodes, the multiple of the episode length
+        nearest 2048 steps over all envs, so no episode is cut at a rollout's end.
+        """
+        a = self.cfg["agent"]
+        p = dict(a.get("ppo") or {})
+        length = self.max_episode_steps
+        n_steps = p.get("n_steps")
+        if n_steps is None:
+            n_steps = max(1, round(2048 / (n_envs * length))) * length
+        n_steps = int(n_steps)
+        if self.reward_kind in ("rapl", "rlhf"):
+            if n_steps % length:
+                print(
+                    f"[{self.tag}] agent.ppo.n_steps={n_steps} is not a multiple of the episode "
+                    f"length {length}: episodes cut by a rollout's end are rewarded on the part "
+                    "played so far",
+                    flush=True,
+                )
+            assert self.scorer is not None
+            self.relabel = EpisodicRolloutRelabel(self.scorer, self.train_envs)
+        batch = max(2, n_steps * n_envs // int(p.get("n_minibatches", 4)))
+        policy_kwargs: dict[str, Any] = {
+            "net_arch": {"pi": list(a["net_arch"]), "vf": list(a["net_arch"])},
+            "log_std_init": float(p.get("log_std_init", 0.0)),
+        }
+        if bool(a.get("fused_adam", True)):
+            policy_kwargs["optimizer_kwargs"] = {"fused": True}
+        return PbrlPPO(
+            "MlpPolicy",
+            venv,
+            learning_rate=float(p.get("learning_rate", 3e-4)),
+            n_steps=n_steps,
+            batch_size=batch,
+            n_epochs=int(p.get("n_epochs", 10)),
+            gamma=float(a["gamma"]),
+            gae_lambda=float(p.get("gae_lambda", 0.95)),
+            clip_range=float(p.get("clip_range", 0.1)),
+            ent_coef=float(p.get("ent_coef", 0.0)),
+            max_grad_norm=float(p.get("max_grad_norm", 1.0)),
+            policy_kwargs=policy_kwargs,
+            seed=seed,
+            device=self.device,
+        )
+
     def _align_kwargs(self) -> dict[str, Any]:
         """The alignment videos and queries (``align.*``), shared by RAPL and RLHF."""
         al = self.cfg["align"]
@@ -1135,9 +1364,11 @@ class RaplRun(Checkpointed):
         return int(self.model.num_timesteps)
 
     def _log_training_episodes(self) -> None:
-        buf = self.buffer
-        if isinstance(buf, EpisodicRewardBuffer) and buf.finished:
-            eps, buf.finished = buf.finished, []
+        src: EpisodicRewardBuffer | EpisodicRolloutRelabel | None = self.relabel
+        if isinstance(self.buffer, EpisodicRewardBuffer):
+            src = self.buffer
+        if src is not None and src.finished:
+            eps, src.finished = src.finished, []
             for key in ("true_return", "success"):
                 self._scalar(f"train/{key}", float(np.mean([e[key] for e in eps])), self.step)
             learned = float(np.mean([e["rapl_return"] for e in eps]))
@@ -1194,7 +1425,10 @@ class RaplRun(Checkpointed):
                 reset_num_timesteps=False,
                 log_interval=1,
                 progress_bar=False,
+                callback=self.relabel,
             )
+            if self.algo == "ppo":  # SB3 logs a PPO update at the next rollout: log it now
+                self.model.logger.dump(self.step)
             dt = time.perf_counter() - t0
             self._scalar("charts/sps", (self.step - s0) / max(dt, 1e-9), self.step)
             self._log_training_episodes()
@@ -1216,6 +1450,8 @@ class RaplRun(Checkpointed):
             for k, v in c.per_episode_ms().items():
                 self.last[f"{self.tag}/{k}"] = v
             self.last[f"{self.tag}/episodes_scored"] = float(c.episodes)
+        if self.relabel is not None:
+            self.last[f"{self.tag}/partial_episode_steps"] = float(self.relabel.partial_steps)
         if _cfg_get(self.cfg, "checkpoint.every", 0) or _cfg_get(self.cfg, "checkpoint.final"):
             self.save_checkpoint()
         self.writer.flush()
@@ -1228,18 +1464,20 @@ class RaplRun(Checkpointed):
         key = f"eval/{self.tag}_return"
         extra = f" | {self.tag} return {res[key]:.1f}" if key in res else ""
         print(
-            f"[sac {self.reward_kind} {self.env_name} s{self.cfg['seed']}] step {self.step:,}/"
-            f"{int(self.cfg['num_train_steps']):,} | eval return {res['eval/true_return']:.2f} | "
+            f"[{self.algo} {self.reward_kind} {self.env_name} s{self.cfg['seed']}] "
+            f"step {self.step:,}/{int(self.cfg['num_train_steps']):,} | "
+            f"eval return {res['eval/true_return']:.2f} | "
             f"success {res['eval/success_rate']:.2f}{extra}",
             flush=True,
         )
 
     # --- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """SAC, buffer, envs, RNGs and the schedule (to continue the run)."""
+        """The agent, its buffer (SAC) or running episodes (PPO), envs, RNGs and the schedule."""
         return {
             "sb3": sb3_state(self.model),
-            "buffer": self.buffer.state_dict(),
+            "buffer": None if self.buffer is None else self.buffer.state_dict(),
+            "relabel": None if self.relabel is None else self.relabel.state_dict(),
             "envs": [find_wrapper(e, PbrlEnv).get_env_state() for e in self.train_envs],
             "loop": {"next_eval": self.next_eval, "next_ckpt": self.next_ckpt, "last": self.last},
             "rng": {
@@ -1252,7 +1490,10 @@ class RaplRun(Checkpointed):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict` on a run built from the same config."""
         load_sb3_state(self.model, state["sb3"])
-        self.buffer.load_state_dict(state["buffer"])
+        if self.buffer is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        if self.relabel is not None:
+            self.relabel.load_state_dict(state["relabel"])
         for env, s in zip(self.train_envs, state["envs"], strict=True):
             find_wrapper(env, PbrlEnv).set_env_state(s)
         for k, v in state["loop"].items():
@@ -1273,7 +1514,7 @@ class RaplRun(Checkpointed):
 def train_on_rapl_reward(
     cfg: Mapping[str, Any], run_dir: str | Path, resume: bool = False
 ) -> dict[str, float]:
-    """Run SAC on the RAPL reward (or a baseline, ``cfg["reward"]``) and return final metrics.
+    """Run SAC or PPO on the RAPL reward (or a baseline, ``cfg["reward"]``); final metrics.
 
     ``cfg`` has the keys of ``pbrl/configs/rapl/rl.yaml``; see the module docstring.
     """

@@ -1,11 +1,11 @@
-"""``python -m pbrl.visual.train``: SAC on RAPL's visual reward, with TensorBoard logs.
+"""``python -m pbrl.visual.train``: SAC or PPO on RAPL's visual reward, with TensorBoard logs.
 
-``python -m pbrl.visual.train [reward=rapl|rlhf|true_reward] [env.name=...] [encoder.path=...]
-[encoder.aligned=false] [experiment=fast] ...`` composes ``pbrl/configs/rapl/rl.yaml``; the run
-directory gets the resolved config, TensorBoard scalars (``eval/``, ``train/``, ``rapl/`` or
-``rlhf/``, ``align/``, ``losses/``), the aligned encoder (``encoder/``) or the RLHF reward
-model (``reward_model/``), the demos (``demos.npz``), a
-checkpoint and ``final_metrics.json``. ``resume=true hydra.run.dir=<run dir>`` continues a
+``python -m pbrl.visual.train [reward=rapl|rlhf|true_reward] [agent.algo=sac|ppo] [env.name=...]
+[encoder.path=...] [encoder.aligned=false] [experiment=fast] ...`` composes
+``pbrl/configs/rapl/rl.yaml``; the run directory gets the resolved config, TensorBoard
+scalars (``eval/``, ``train/``, ``rapl/`` or ``rlhf/``, ``align/``, ``losses/``), the aligned
+encoder (``encoder/``) or the RLHF reward model (``reward_model/``), the demos (``demos.npz``),
+a checkpoint and ``final_metrics.json``. ``resume=true hydra.run.dir=<run dir>`` continues a
 run from its checkpoint. See :mod:`pbrl.visual.rl`.
 """
 
