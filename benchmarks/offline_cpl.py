@@ -31,7 +31,7 @@ from pathlib import Path
 
 from offline_common import command, fmt, machine, replace_section, run_offline
 
-from pbrl.offline.dataset import make_dataset
+from pbrl.offline.dataset import MakeResult, make_dataset
 
 SECTION = "## Offline CPL vs SFT vs P-IQL: dense preference dataset (issue 7)"
 # CPL paper, Table 1, State-2.5k-Dense, success %, SFT / P-IQL / CPL (method notes; unverified).
@@ -52,12 +52,37 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
     common = [f"agent={agent}", f"agent.batch_size={args.batch}", f"agent.hidden={h}"]
     if args.lr is not None:
         common.append(f"agent.lr={args.lr}")
-    if agent == "cpl":
+    if agent in ("cpl", "cpl_bc", "cpl_kl"):
         return [*common, f"agent.bc_steps={args.bc_steps}", f"agent.warmup_steps={args.warmup}"]
     if agent == "sft":
         return common
     return [*common, f"agent.reward_hidden={h}", f"agent.reward_steps={args.reward_steps}",
             f"agent.transition_batch={args.transition_batch}"]  # fmt: skip
+
+
+def reuse_dataset(
+    ds: Path, env: str, policy: str, args: argparse.Namespace, env_kwargs: dict
+) -> MakeResult | None:
+    """The dataset already in ``--out`` when its ``.json`` records the same settings, else None
+    (so arms can be added to a finished run in another invocation on the same data)."""
+    meta_path = ds.with_suffix(".json")
+    if not (ds.exists() and meta_path.exists()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    want = {"env": env, "policy": policy, "labels": [args.labels], "mode": "rank",
+            "segments": args.segments, "segment_size": 64, "noise": args.noise, "seed": 0,
+            "env_kwargs": env_kwargs}  # fmt: skip
+    if any(meta.get(k) != v for k, v in want.items()) or meta.get("episodes") != args.episodes:
+        return None
+    return MakeResult(
+        path=ds,
+        rows=1,
+        segments=meta["segments"],
+        episodes=meta["episodes"],
+        mean_episode_return=meta["mean_episode_return"],
+        success_rate=meta["success_rate"],
+        label_counts=meta["label_counts"],
+    )
 
 
 def main() -> None:
@@ -106,10 +131,14 @@ def main() -> None:
         f"+env_kwargs.max_episode_steps={args.max_episode_steps} keep_sim_state=false out={ds}"
     )
     t0 = time.perf_counter()
-    made = make_dataset(args.env, ds, policy=policy, labels=[args.labels], mode="rank",
-                        episodes=args.episodes, segments=args.segments, segment_size=64,
-                        noise=args.noise, num_envs=4, env_kwargs=env_kwargs,
-                        keep_sim_state=False)  # fmt: skip
+    made = reuse_dataset(ds, args.env, policy, args, env_kwargs)
+    if made is None:
+        made = make_dataset(args.env, ds, policy=policy, labels=[args.labels], mode="rank",
+                            episodes=args.episodes, segments=args.segments, segment_size=64,
+                            noise=args.noise, num_envs=4, env_kwargs=env_kwargs,
+                            keep_sim_state=False)  # fmt: skip
+    else:
+        print(f"reusing {ds} (same settings in {ds.with_suffix('.json')})")
     t_data = time.perf_counter() - t0
     results: dict[str, list[dict[str, float]]] = {a: [] for a in args.agents}
     walls: dict[str, list[float]] = {a: [] for a in args.agents}
@@ -150,7 +179,7 @@ def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf) -
     metric = "eval/success_rate" if mw else "eval/true_return"
     scale = 100.0 if mw else 1.0
     paper = PAPER.get(args.env, {})
-    names = {"cpl": "CPL", "sft": "SFT", "piql": "P-IQL"}
+    names = {"cpl": "CPL", "cpl_bc": "CPL-BC", "cpl_kl": "CPL-KL", "sft": "SFT", "piql": "P-IQL"}
     lines = [
         SECTION,
         "",
