@@ -174,6 +174,7 @@ SUITES: tuple[str, ...] = (
     "minerl",
     "crafter",
     "classic",
+    "qd",
 )
 
 

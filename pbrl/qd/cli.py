@@ -5,12 +5,19 @@
 directory gets
 the resolved ``config.yaml``, TensorBoard scalars (``qd/...``) and archive heatmaps (images),
 ``history.json`` (metrics every ``log_every`` iterations) and ``final_metrics.json``.
+
+``teacher=human`` (``domain=arm``): people answer the triplets on the labelling page
+(:mod:`pbrl.human`), which draws each solution's arm posture; the triplets and answers go to
+``run_dir/feedback.sqlite``, tokens to ``run_dir/human``, settings under ``human:``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -19,9 +26,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from pbrl.data import Feedback, QueryBatch
 from pbrl.qd.arm import ArmDomain
 from pbrl.qd.maze import MazeDomain
 from pbrl.qd.qdhf import Domain, QDConfig, QDHFRun, default_teacher
+from pbrl.teachers.base import Teacher
+
+JUDGED = ("qdhf", "qdhf_base")
+"""Methods that ask the teacher (the others never show a triplet)."""
 
 
 def make_domain(dcfg: DictConfig) -> Domain:
@@ -58,11 +70,107 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         fit=dict(OmegaConf.to_container(cfg.fit, resolve=True) or {}),  # type: ignore[arg-type]
         ae_fit=dict(OmegaConf.to_container(cfg.ae_fit, resolve=True) or {}),  # type: ignore[arg-type]
     )
-    teacher = default_teacher(
-        seed=int(cfg.seed) + 1,
-        beta=float(cfg.teacher.beta),
-        eps_mistake=float(cfg.teacher.eps_mistake),
-    )
+    teacher, close = make_teacher(cfg, run_dir)
+    try:
+        return _run(cfg, run_dir, qd_cfg, domain, teacher)
+    finally:
+        close()
+
+
+def check_human(cfg: DictConfig) -> None:
+    """Refuse ``teacher=human`` where no person could answer (before anything starts)."""
+    if cfg.domain.name != "arm":
+        raise ValueError(
+            f"teacher=human needs pictures a person can compare; domain={cfg.domain.name} has no "
+            "renderer for its solutions yet (only domain=arm draws them). Use the simulated "
+            "judge (teacher=simulated) for this domain"
+        )
+    if str(cfg.method) not in JUDGED:
+        raise ValueError(
+            f"method={cfg.method} asks no similarity judgements; teacher=human is for method="
+            + " or method=".join(JUDGED)
+        )
+    missing = [m for m in ("fastapi", "uvicorn", "av") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"teacher=human needs the labelling page's packages ({', '.join(missing)} "
+            "missing): pip install 'pbrl[human]'"
+        )
+
+
+class StoringTeacher:
+    """Puts each round of triplets into the feedback store the page serves, then asks.
+
+    The labelling page only shows queries that are in the store; the human teacher's answers
+    are committed by its server (storing them again is a no-op).
+    """
+
+    def __init__(self, teacher: Any, store: Any, total: int) -> None:
+        self.teacher, self.store, self.total = teacher, store, int(total)
+        self.teacher_id = getattr(teacher, "teacher_id", "human")
+        self.asked = 0
+
+    def label(self, queries: QueryBatch) -> list[Feedback]:
+        """Store ``queries``, show them, wait for (and store) the answers."""
+        self.store.add_queries(queries, step=self.asked)
+        self.asked += len(queries)
+        self.teacher.set_progress(queries_used=self.asked, max_feedback=self.total)
+        feedback = self.teacher.label(queries)
+        self.store.add(feedback)
+        return feedback
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to keep: the answers are in the store."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see :meth:`state_dict`)."""
+
+
+def make_teacher(cfg: DictConfig, run_dir: Path) -> tuple[Teacher, Callable[[], None]]:
+    """The run's judge and what closes it: the simulated one, or the labelling page.
+
+    ``teacher=human`` serves the page over ``run_dir/feedback.sqlite`` (tokens in
+    ``run_dir/human``) and waits for every triplet's answers (``human.timeout`` s at most).
+    """
+    name = str(cfg.teacher.name)
+    if name == "simulated":
+        teacher = default_teacher(
+            seed=int(cfg.seed) + 1,
+            beta=float(cfg.teacher.beta),
+            eps_mistake=float(cfg.teacher.eps_mistake),
+        )
+        return teacher, lambda: None
+    if name != "human":
+        raise ValueError(f"unknown QD teacher {name!r}; valid: simulated, human (teacher=...)")
+    check_human(cfg)
+    from pbrl.store import FeedbackStore
+    from pbrl.teachers import make_teacher as make_named_teacher
+
+    h = dict(OmegaConf.to_container(cfg.human, resolve=True) or {})  # type: ignore[arg-type]
+    title = h.pop("title", None) or f"pbrl-qd {cfg.domain.name} {cfg.method}"
+    store_path = run_dir / "feedback.sqlite"
+    store = FeedbackStore(store_path)
+    try:
+        human = make_named_teacher(
+            "human", seed=int(cfg.seed), store=store_path, state_dir=run_dir / "human",
+            env_name=f"qd_{cfg.domain.name}", mode="wait", max_frames=2, title=title, **h,
+        )  # fmt: skip
+    except BaseException:
+        store.close()
+        raise
+    print(human.banner(), flush=True)
+
+    def close() -> None:
+        human.close()
+        store.close()
+
+    return StoringTeacher(human, store, int(cfg.n_pref)), close
+
+
+def _run(
+    cfg: DictConfig, run_dir: Path, qd_cfg: QDConfig, domain: Domain, teacher: Teacher
+) -> dict[str, float]:
     writer = SummaryWriter(str(run_dir))
 
     def log_image(tag: str, img: np.ndarray, step: int) -> None:

@@ -106,6 +106,9 @@ def triplet_query(
 ) -> QueryBatch:
     """A ``kind="triplet"`` query batch from ``(M, 3, dof)`` solutions (ref, x_1, x_2).
 
+    For the arm each segment also stores the joint angles as a one-step ``sim_state`` of the
+    ``qd_arm`` env (:mod:`pbrl.envs.qd`), so the labelling page can draw the postures.
+
     ``evaluated``: ``domain.evaluate`` of the ``3 M`` flattened solutions when already known
     (objective ``(3M,)``, measures ``(3M, m)``, features ``(3M, D)``).
     """
@@ -113,6 +116,7 @@ def triplet_query(
     flat = thetas.reshape(3 * m, -1)
     obj, meas, feats = domain.evaluate(flat) if evaluated is None else evaluated
     obj, meas, feats = obj.reshape(m, 3), meas.reshape(m, 3, -1), feats.reshape(m, 3, -1)
+    name = getattr(domain, "name", "arm")
     members = []
     for j in range(3):
         g = meas[:, j]
@@ -122,7 +126,9 @@ def triplet_query(
                 actions=thetas[:, j][:, None].astype(np.float32),
                 true_reward=obj[:, j][:, None].astype(np.float32),
                 reward_factors={f"measure_{k}": g[:, k : k + 1] for k in range(g.shape[1])},
-                env_name=f"qd_{getattr(domain, 'name', 'arm')}",
+                # the arm's posture, drawn by the qd_arm env on the labelling page
+                sim_state=thetas[:, j][:, None].astype(np.float64) if name == "arm" else None,
+                env_name=f"qd_{name}",
             )
         )
     return QueryBatch.from_members(members, kind="triplet")
@@ -195,6 +201,11 @@ class QDHFRun:
         feats = evaluated[2].reshape(len(thetas), 3, -1).astype(np.float32)
         self.judged_feats = np.concatenate([self.judged_feats, feats[keep]])
         self.judged_y = np.concatenate([self.judged_y, np.asarray(y, np.float32)])
+        if not len(self.judged_y):
+            raise RuntimeError(
+                f"none of the {len(queries)} similarity triplets got a usable answer (each was "
+                "skipped, judged equal or left unanswered), so no descriptor can be fitted"
+            )
 
     def _distinct_triplets(self, n: int, m: int) -> np.ndarray:
         """``(m, 3)`` indices of distinct members of a pool of ``n`` (official: with repeats)."""
@@ -287,6 +298,7 @@ class QDHFRun:
             "projection_val_acc": self.fit_acc[-1] if self.fit_acc else math.nan,
             "ae_val_loss": self.ae_val_loss[-1] if self.ae_val_loss else math.nan,
             "judgements": float(self.judgements),
+            "judgements_answered": float(len(self.judged_y)),
             "evaluations": float(self.evaluations),
         }
 

@@ -1,0 +1,170 @@
+"""QDHF's planar arm as a one-step env, so the labelling page can draw arm postures.
+
+``qd_arm`` exists for the human session of ``pbrl-qd domain=arm teacher=human``: a QDHF
+triplet's segments store each solution's joint angles as a one-step ``sim_state``, and the
+page's clip renderer looks the env up by name and draws that state with
+:meth:`~pbrl.envs.base.PbrlEnv.render_state` (a one-frame clip: a still picture).
+
+The env itself is one step long: the action is the joint angles ``theta`` (one per unit
+link, in ``[-pi, pi]``), the observation the features ``[cos, sin](cumsum theta)`` and the
+reward QDHF's objective ``(1 - Var(theta)) * 100`` (factor ``objective``). The simulator
+state is ``theta`` (zeros after a reset).
+
+The picture (:func:`draw_arm`): white background, a grey circle of the arm's reach, the base
+as a black square at the centre, the links as dark blue lines with joint dots, and the end
+effector as a red disc. World coordinates ``[-reach, reach]^2`` (``reach`` = the number of
+links, plus a 5 % margin) map onto the largest centred square of the frame, ``+y`` up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from pbrl.envs.base import PbrlEnv
+
+ARM_COLOUR = np.array([30, 60, 150], np.uint8)
+JOINT_COLOUR = np.array([90, 90, 90], np.uint8)
+EFFECTOR_COLOUR = np.array([220, 30, 30], np.uint8)
+BASE_COLOUR = np.array([0, 0, 0], np.uint8)
+REACH_COLOUR = np.array([200, 200, 200], np.uint8)
+
+
+def arm_points(theta: np.ndarray) -> np.ndarray:
+    """``(dof + 1, 2)`` base, joints and end effector of unit links at angles ``theta``."""
+    phi = np.cumsum(np.asarray(theta, np.float64))
+    xy = np.stack([np.cos(phi), np.sin(phi)], axis=1).cumsum(axis=0)
+    return np.concatenate([np.zeros((1, 2)), xy])
+
+
+def world_to_pixel(xy: np.ndarray, reach: float, width: int, height: int) -> np.ndarray:
+    """``(..., 2)`` world points -> ``(..., 2)`` float pixel ``(row, col)`` of :func:`draw_arm`."""
+    xy = np.asarray(xy, np.float64)
+    scale = min(width, height) / (2.0 * 1.05 * reach)
+    col = (width - 1) / 2.0 + xy[..., 0] * scale
+    row = (height - 1) / 2.0 - xy[..., 1] * scale
+    return np.stack([row, col], axis=-1)
+
+
+def draw_arm(theta: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``(height, width, 3)`` uint8 picture of the planar arm with unit links at ``theta``."""
+    theta = np.asarray(theta, np.float64).reshape(-1)
+    if theta.size < 1:
+        raise ValueError("an arm posture needs at least one joint angle")
+    reach = float(theta.size)
+    size = min(width, height)
+    pts = world_to_pixel(arm_points(theta), reach, width, height)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.full((height, width, 3), 255, np.uint8)
+
+    # reach circle (1 px ring)
+    centre = world_to_pixel(np.zeros(2), reach, width, height)
+    radius = reach * size / (2.0 * 1.05 * reach)
+    ring = np.abs(np.hypot(rows - centre[0], cols - centre[1]) - radius) <= 0.6
+    img[ring] = REACH_COLOUR
+
+    # links: pixels within half the line width of a segment
+    half = max(1.0, size / 128.0)
+    for a, b in zip(pts[:-1], pts[1:], strict=True):
+        d = b - a
+        len2 = float(d @ d)
+        t = ((rows - a[0]) * d[0] + (cols - a[1]) * d[1]) / len2 if len2 > 0 else 0.0
+        t = np.clip(t, 0.0, 1.0)
+        dist = np.hypot(rows - (a[0] + t * d[0]), cols - (a[1] + t * d[1]))
+        img[dist <= half] = ARM_COLOUR
+
+    def disc(p: np.ndarray, r: float, colour: np.ndarray) -> None:
+        img[np.hypot(rows - p[0], cols - p[1]) <= r] = colour
+
+    for p in pts[1:-1]:
+        disc(p, 1.5 * half, JOINT_COLOUR)
+    b = 2.5 * half
+    base = (np.abs(rows - pts[0][0]) <= b) & (np.abs(cols - pts[0][1]) <= b)
+    img[base] = BASE_COLOUR
+    disc(pts[-1], max(2.0, 3.0 * half), EFFECTOR_COLOUR)
+    return img
+
+
+class _ArmPosture(gym.Env):
+    """The one-step arm: ``step(theta)`` sets the posture and ends the episode."""
+
+    metadata = {"render_modes": [], "render_fps": 30}
+
+    def __init__(self, dof: int) -> None:
+        self.dof = int(dof)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2 * self.dof,), np.float32)
+        self.action_space = gym.spaces.Box(-np.pi, np.pi, (self.dof,), np.float32)
+        self.theta = np.zeros(self.dof)
+
+    def _obs(self) -> np.ndarray:
+        phi = np.cumsum(self.theta)
+        return np.concatenate([np.cos(phi), np.sin(phi)]).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        super().reset(seed=seed)
+        self.theta = np.zeros(self.dof)
+        return self._obs(), {}
+
+    def step(self, action):  # type: ignore[no-untyped-def,override]
+        self.theta = np.clip(np.asarray(action, np.float64), -np.pi, np.pi).reshape(self.dof)
+        objective = float((1.0 - np.var(self.theta)) * 100.0)
+        return self._obs(), objective, True, False, {"objective": objective}
+
+
+class QDArmEnv(PbrlEnv):
+    """QDHF's ``dof``-link planar arm (unit links) as a one-step :class:`PbrlEnv`.
+
+    :meth:`render_state` draws any 1-D joint-angle vector (its length sets the number of
+    links), so stored postures of any ``dof`` render without knowing it in advance.
+    """
+
+    factor_names = ("objective",)
+
+    def __init__(self, dof: int = 10) -> None:
+        if dof < 1:
+            raise ValueError(f"dof must be >= 1, got {dof}")
+        super().__init__(_ArmPosture(dof), max_episode_steps=1)
+        self._arm: _ArmPosture = self.env  # type: ignore[assignment]
+
+    def _get_sim_state(self) -> np.ndarray:
+        return self._arm.theta.copy()
+
+    def _factors(self, info: dict[str, Any]) -> dict[str, float]:
+        return {"objective": float(info["objective"])}
+
+    def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
+        return draw_arm(state, width, height)
+
+    def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:
+        """``(height, width, 3)`` uint8 picture of the joint angles ``state`` (any length)."""
+        state = np.asarray(state, np.float64)
+        if state.ndim != 1:
+            raise ValueError(f"an arm posture is 1-D joint angles, got shape {state.shape}")
+        return draw_arm(state, int(width), int(height))
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"theta": self._arm.theta.copy()}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self._arm.theta = np.array(snap["theta"], np.float64)
+
+    def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The objective itself."""
+        return np.asarray(factors["objective"])
+
+
+def register_suite(register: Any) -> None:
+    """Registry hook: ``qd_arm``."""
+
+    def factory(seed: int | None = None, **kw: Any) -> PbrlEnv:
+        return QDArmEnv(**kw)
+
+    register(
+        "qd_arm",
+        factory,
+        suite="qd",
+        description="QDHF's planar arm, one step (action: joint angles); draws postures",
+    )

@@ -1,0 +1,211 @@
+"""``pbrl-qd teacher=human``: a person answers QDHF's triplets on the labelling page.
+
+Also the ``qd_arm`` picture the page shows (:mod:`pbrl.envs.qd`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pbrl import envs as pbrl_envs
+from pbrl.envs.qd import EFFECTOR_COLOUR, arm_points, draw_arm, world_to_pixel
+from pbrl.qd.arm import ArmDomain
+from pbrl.qd.cli import check_human, run
+from pbrl.qd.qdhf import triplet_query
+from pbrl.store import FeedbackStore
+
+QD_CONFIGS = Path(pbrl_envs.__file__).parents[1] / "configs" / "qd"
+
+
+def red_centroid(img: np.ndarray) -> np.ndarray:
+    """``(row, col)`` centroid of the end effector's red pixels."""
+    r, g, b = (img[..., i].astype(int) for i in range(3))
+    rows, cols = np.nonzero((r > 150) & (g < 110) & (b < 110))
+    assert len(rows), "no red end effector drawn"
+    return np.array([rows.mean(), cols.mean()])
+
+
+# --- the picture ------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(64, 64), (256, 256), (96, 128)])
+def test_arm_picture_puts_the_end_effector_where_forward_kinematics_does(size) -> None:
+    h, w = size
+    rng = np.random.default_rng(0)
+    arm = ArmDomain(10)
+    for theta in rng.uniform(-np.pi, np.pi, (5, 10)) * 0.4:
+        img = draw_arm(theta, w, h)
+        assert img.shape == (h, w, 3) and img.dtype == np.uint8
+        ee = arm.measures(theta[None])[0]  # the domain's forward kinematics
+        assert np.allclose(arm_points(theta)[-1], ee)
+        want = world_to_pixel(ee, 10.0, w, h)
+        assert np.abs(red_centroid(img) - want).max() < 1.0
+        assert (img[int(round(want[0])), int(round(want[1]))] == EFFECTOR_COLOUR).all()
+    # a straight arm along +x reaches the right edge (5 % margin), the base sits at the centre
+    img = draw_arm(np.zeros(10), 200, 200)
+    assert abs(red_centroid(img)[1] - (199 / 2 + 100 / 1.05)) < 1.0
+    assert (img[99:101, 99:101] == 0).all()
+
+
+def test_qd_arm_env_renders_stored_postures_of_any_length() -> None:
+    env = pbrl_envs.make_env("qd_arm", seed=0)
+    theta = np.linspace(-0.5, 0.5, 10)
+    assert np.array_equal(env.render_state(theta, 32, 32), draw_arm(theta, 32, 32))
+    assert env.render_state(np.ones(4), 32, 32).shape == (32, 32, 3)
+    _, r, term, _, info = env.step(theta.astype(np.float32))
+    assert term and math.isclose(r, (1 - np.var(theta)) * 100, rel_tol=1e-5)
+    assert np.array_equal(info["sim_state"], np.zeros(10))  # the state before the step
+    with pytest.raises(ValueError, match="1-D"):
+        env.render_state(np.ones((2, 3)))
+    # QDHF's arm triplets carry the postures as one-step sim states of this env
+    q = triplet_query(ArmDomain(10), np.random.default_rng(1).uniform(-1, 1, (2, 3, 10)))
+    seg = q.member(2)
+    assert seg.env_name == "qd_arm" and seg.sim_state is not None
+    assert seg.sim_state.shape == (2, 1, 10) and np.allclose(seg.sim_state[:, 0], seg.actions[:, 0])
+
+
+# --- the run ----------------------------------------------------------------------------------
+def compose_qd(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(QD_CONFIGS), version_base="1.3"):
+        return compose(config_name="qd", overrides=overrides)
+
+
+def test_human_teacher_is_refused_where_no_person_can_answer() -> None:
+    with pytest.raises(ValueError, match="domain=maze has no renderer"):
+        check_human(compose_qd(["domain=maze", "teacher=human"]))
+    with pytest.raises(ValueError, match="method=gt asks no similarity judgements"):
+        check_human(compose_qd(["method=gt", "teacher=human"]))
+    cfg = compose_qd([])
+    assert cfg.teacher.name == "simulated" and cfg.teacher.beta == math.inf
+
+
+def test_missing_web_extra_is_named(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"av missing.*pip install 'pbrl\[human\]'"):
+        check_human(compose_qd(["teacher=human"]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None:
+    """A person at the page: looks at the three arms of each triplet and picks the candidate
+    whose end effector is nearer the reference's (as drawn: the stored joint angles)."""
+    import av
+    import httpx
+
+    from pbrl.human.tokens import TokenRegistry
+
+    tokens = run_dir / "human" / "tokens.json"
+    while not tokens.exists() and not stop.is_set():
+        time.sleep(0.05)
+    token = TokenRegistry(tokens).labellers()[0].token
+    store = FeedbackStore(run_dir / "feedback.sqlite")
+    arm = ArmDomain(10)
+    try:
+        with httpx.Client(base_url=url, params={"token": token}, timeout=60) as c:
+            while not stop.is_set():  # the token is issued before the server listens
+                try:
+                    if c.get("/api/health").is_success:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            while not stop.is_set():
+                try:
+                    q = c.get("/api/next", params={"wait": 0.2}).json()["query"]
+                except httpx.TransportError:
+                    break  # the run closed the page when it finished
+                if q is None:
+                    continue
+                assert q["kind"] == "triplet" and q["renderable"], q["reason"]
+                assert "measure" not in json.dumps(q)  # the hidden answer is never shown
+                assert [cl["role"] for cl in q["clips"]] == ["reference", "left", "right"]
+                theta = store.get_query(q["id"]).segments.sim_state[:, 0]  # (3, dof)
+                for cl in q["clips"]:  # the pictures, drawn from the stored postures
+                    for _ in range(200):
+                        r = c.get(cl["url"])
+                        if r.status_code != 503:  # 503: still rendering
+                            break
+                        time.sleep(0.05)
+                    assert r.status_code == 200 and r.content[4:8] == b"ftyp", r.text[:200]
+                    with av.open(io.BytesIO(r.content)) as f:
+                        frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
+                    assert len(frames) == 1 and frames[0].shape == (64, 64, 3)
+                    want = world_to_pixel(arm.measures(theta[cl["member"]][None])[0], 10, 64, 64)
+                    assert np.abs(red_centroid(frames[0]) - want).max() < 2.0
+                    seen["clips"] = seen.get("clips", 0) + 1
+                ee = arm.measures(theta)
+                d = ((ee[1:] - ee[0]) ** 2).sum(1)
+                closer = 1 + int(np.argmin(d))
+                role = next(cl["role"] for cl in q["clips"] if cl["member"] == closer)
+                ok = c.post("/api/label", json={"query_id": q["id"], "choice": role})
+                assert ok.is_success, ok.text
+                seen["answers"] = seen.get("answers", 0) + 1
+                seen.setdefault("closer", {})[q["id"]] = closer
+    except Exception as err:  # noqa: BLE001 - reported by the test
+        seen["error"] = repr(err)
+    finally:
+        store.close()
+
+
+def test_a_person_answers_qdhf_triplets_on_the_labelling_page(tmp_path: Path) -> None:
+    for mod, extra in {"fastapi": "human", "uvicorn": "human", "av": "human"}.items():
+        pytest.importorskip(mod, reason=f"{mod} is missing: pip install 'pbrl[{extra}]'")
+    pytest.importorskip("httpx", reason="httpx is missing: pip install 'pbrl[test]'")
+    from pbrl.data import Label
+
+    port = free_port()
+    run_dir = tmp_path / "run"
+    stop, seen = threading.Event(), {}
+    bot = threading.Thread(
+        target=labeller, args=(run_dir, f"http://127.0.0.1:{port}", stop, seen), daemon=True
+    )
+    bot.start()
+    # updates at iterations 1, 2, 3 (1 + round(f x 4)), 2 triplets each
+    cfg = compose_qd(
+        [
+            "domain=arm", "method=qdhf", "teacher=human", "experiment=fast", "iterations=4",
+            "n_pref=8", "batch_size=10", "init_pop=20", "human.labellers=[alice]",
+            "human.clip_size=64", "human.timeout=60", f"human.port={port}",
+        ]
+    )  # fmt: skip
+    try:
+        final = run(cfg, run_dir)
+    except RuntimeError:
+        stop.set()
+        bot.join(30)
+        assert "error" not in seen, seen["error"]  # the labeller's failure says more
+        raise
+    finally:
+        stop.set()
+        bot.join(30)
+    assert "error" not in seen, seen["error"]
+    assert seen["answers"] == 6 and seen["clips"] == 18
+    # the projection was fitted on the six human judgements
+    assert final["judgements"] == 6 and final["judgements_answered"] == 6
+    assert math.isfinite(final["projection_val_acc"])
+    assert json.loads((run_dir / "final_metrics.json").read_text())["judgements_answered"] == 6
+    with FeedbackStore(run_dir / "feedback.sqlite") as st:
+        labels = st.feedback()
+        assert len(labels) == 6 and {f.teacher_id for f in labels} == {"human:alice"}
+        assert sorted(st.query_ids()) == sorted(seen["closer"])
+        for f in labels:  # stored as the member the labeller chose
+            want = Label.FIRST if seen["closer"][f.query_id] == 1 else Label.SECOND
+            assert f.label == want
+        assert st.get_query(labels[0].query_id).segments.env_name == "qd_arm"
