@@ -35,7 +35,8 @@ the consequence of ``a_t``; the demo's frames are its post-step states too.
 
 :func:`train_on_rapl_reward` runs one experiment: it loads an aligned encoder (or aligns one
 first on triplets of rollouts ranked by
-:class:`~pbrl.teachers.visual.VisualCriterionTeacher`), makes the expert demos with the
+:class:`~pbrl.teachers.visual.VisualCriterionTeacher`, or by people on the labelling page with
+``align.teacher=human``, :mod:`pbrl.visual.human`), makes the expert demos with the
 suite's scripted policy (:func:`scripted_policy`) or loads them, trains SAC (or PPO) and logs
 ``eval/true_return``, ``eval/success_rate``, ``eval/rapl_return``, ``train/...`` and the
 reward's cost per episode (``rapl/render_ms``, ``rapl/embed_ms``, ``rapl/ot_ms``) to
@@ -82,6 +83,7 @@ from pbrl.data import QueryBatch, SegmentBatch
 from pbrl.envs.base import PbrlEnv, find_wrapper
 from pbrl.rewards.ot import CostName, Transform, ot_rewards
 from pbrl.rewards.rapl import RAPLReward, triplets_from_feedback
+from pbrl.teachers.base import Teacher
 from pbrl.teachers.visual import VisualCriterionTeacher
 from pbrl.visual.encoders import FrameEncoder
 from pbrl.visual.rlhf import RLHFReward
@@ -876,19 +878,24 @@ def load_rapl(path: str | Path, device: str = "cpu") -> RAPLReward:
 
 @dataclass
 class PreferenceData:
-    """The simulated end-user's answered triplet queries about rendered alignment videos.
+    """The end-user's answered triplet queries about rendered alignment videos.
 
     Attributes:
         frames: ``(N, T, S, S, 3)`` uint8 frames of the ``N`` videos (every ``stride``-th
             post-step frame), at the encoder's size ``S``.
         ordered: ``(M, 3)`` video indices of the answered triplets, ordered (most preferred,
-            neutral, least preferred).
+            neutral, least preferred). One per answer: a query several people answered
+            gives several, an unanswered or skipped one none.
         equal: ``(M,)`` bool, triplets answered "all about the same".
+        asked: queries asked.
+        teacher_ids: who answered (sorted, e.g. ``["visual"]`` or ``["human:alice"]``).
     """
 
     frames: np.ndarray
     ordered: np.ndarray
     equal: np.ndarray
+    asked: int = 0
+    teacher_ids: list[str] = field(default_factory=list)
 
 
 def preference_data(
@@ -901,8 +908,9 @@ def preference_data(
     criterion: str = "auto",
     seed: int = 0,
     env_kwargs: Mapping[str, Any] | None = None,
+    teacher: Teacher | None = None,
 ) -> PreferenceData:
-    """Videos and the simulated end-user's answers to triplet queries about them.
+    """Videos and the end-user's answers to triplet queries about them.
 
     Videos: ``n_videos`` episodes of ``env_name`` mixing the scripted expert (when the suite
     has one) with held random actions, the random share drawn per episode in [0, 1], so the
@@ -910,6 +918,12 @@ def preference_data(
     queries answered by :class:`VisualCriterionTeacher` (``criterion``: a named criterion,
     ``"auto"``, or ``"true_return"`` for the env's own return). One ``seed`` gives the same
     videos and queries to every reward learned from them (RAPL's encoder, the RLHF reward).
+
+    ``teacher`` (default: the simulated end-user above) answers instead, e.g. people on the
+    labelling page (``align.teacher=human``): the queries' segments carry the videos'
+    post-step simulator states (``sim_state``) and ``env_name``, from which the page renders
+    the clips. Its answers may be fewer (unanswered, skipped) or more (several people) than
+    the queries; none at all is an error.
     """
     rng = np.random.default_rng(seed)
     try:
@@ -926,11 +940,20 @@ def preference_data(
         crit: Any = lambda s: s.true_reward.sum(axis=1)  # noqa: E731 - a one-line criterion
     else:
         crit = criterion
-    teacher = VisualCriterionTeacher(crit, equal_margin=equal_margin, seed=seed)
+    if teacher is None:
+        teacher = VisualCriterionTeacher(crit, equal_margin=equal_margin, seed=seed)
     idx = np.argsort(rng.random((n_triplets, n_videos)), axis=1)[:, :3]
     queries = QueryBatch.from_members([segs[idx[:, j]] for j in range(3)], kind="ranking")
-    qi, order, equal = triplets_from_feedback(queries, teacher.label(queries))
-    return PreferenceData(frames, idx[qi[:, None], order], equal)
+    feedback = teacher.label(queries)
+    qi, order, equal = triplets_from_feedback(queries, feedback)
+    if len(qi) == 0:
+        raise RaplRunError(
+            f"none of the {n_triplets} alignment queries was answered (all skipped or timed "
+            "out); nothing to learn from. Answer some (align.teacher=human: human.timeout) or "
+            "ask more (align.triplets)"
+        )
+    who = sorted({fb.teacher_id for fb in feedback})
+    return PreferenceData(frames, idx[qi[:, None], order], equal, n_triplets, who)
 
 
 def fit_on_preferences(
@@ -959,6 +982,8 @@ def fit_on_preferences(
         videos=int(n),
         triplets=int(len(data.ordered)),
         equal_triplets=int(data.equal.sum()),
+        triplets_asked=int(data.asked),
+        teachers=list(data.teacher_ids),
         features_s=t_feat,
         fit_s=time.perf_counter() - t1,
     )
@@ -978,10 +1003,12 @@ def align_encoder(
     env_kwargs: Mapping[str, Any] | None = None,
     ot: Mapping[str, Any] | None = None,
     device: str = "cpu",
+    teacher: Teacher | None = None,
 ) -> tuple[RAPLReward, dict[str, Any]]:
     """Align a frame encoder on triplets of rollouts ranked by the simulated end-user.
 
-    The videos and queries are :func:`preference_data`'s; the backbone's features are
+    The videos and queries are :func:`preference_data`'s (``teacher``: who answers them,
+    default the simulated end-user); the backbone's features are
     computed once and the head is fitted with the paper's loss (:meth:`RAPLReward.fit`).
 
     Returns:
@@ -1000,6 +1027,7 @@ def align_encoder(
         criterion,
         seed,
         env_kwargs,
+        teacher,
     )
     stats, _ = fit_on_preferences(rapl, data)
     return rapl, stats
@@ -1017,6 +1045,7 @@ def learn_rlhf_reward(
     env_kwargs: Mapping[str, Any] | None = None,
     rlhf: Mapping[str, Any] | None = None,
     device: str = "cpu",
+    teacher: Teacher | None = None,
 ) -> tuple[RLHFReward, dict[str, Any]]:
     """The RLHF baseline's reward, learned from the same videos and queries as RAPL's encoder.
 
@@ -1045,6 +1074,7 @@ def learn_rlhf_reward(
         criterion,
         seed,
         env_kwargs,
+        teacher,
     )
     stats, feats = fit_on_preferences(model, data)
     if feats is not None:
@@ -1093,6 +1123,9 @@ class RaplRun(Checkpointed):
         self.reward_kind = str(cfg["reward"])
         if self.reward_kind not in REWARD_KINDS:
             raise RaplRunError(f"reward={self.reward_kind!r}; valid: {', '.join(REWARD_KINDS)}")
+        from pbrl.visual.human import check_align_teacher
+
+        self.align_teacher = check_align_teacher(cfg)  # before anything starts
         # the learned reward's tags: rapl/*, train/rapl_return (OT arms) or rlhf/*, ...
         self.tag = "rlhf" if self.reward_kind == "rlhf" else "rapl"
         self.env_name = str(cfg["env"]["name"])
@@ -1254,13 +1287,36 @@ class RaplRun(Checkpointed):
             "device": self.device,
         }
 
+    def _fit_on_preferences(
+        self, fit: Callable[..., tuple[Any, dict[str, Any]]], **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """``fit`` (:func:`align_encoder`, :func:`learn_rlhf_reward`) on ``align.*``'s videos.
+
+        The queries are answered by ``align.teacher`` (people: the labelling page is served
+        until the answers are in; its ``human/*`` scalars join the stats).
+        """
+        from pbrl.visual.human import make_align_teacher
+
+        al = self._align_kwargs()
+        what = "RLHF reward" if self.reward_kind == "rlhf" else "RAPL alignment"
+        teacher, close = make_align_teacher(
+            self.cfg, self.run_dir, al["env_name"], al["env_kwargs"], f"{what} {al['env_name']}"
+        )
+        try:
+            model, stats = fit(teacher=teacher, **al, **kwargs)
+        finally:
+            page = close()
+        stats.update(page)
+        return model, stats
+
     def _log_fit(self, stats: dict[str, Any], what: str) -> None:
         (self.run_dir / "align.json").write_text(json.dumps(stats, indent=2))
-        for k in ("val_accuracy", "val_loss", "seconds"):
+        for k in ("val_accuracy", "val_loss", "seconds", "triplets", "triplets_asked"):
             if stats.get(k) is not None and math.isfinite(float(stats[k])):
                 self._scalar(f"align/{k}", float(stats[k]), 0)
         print(
-            f"[{self.tag}] {what} on {stats['triplets']} triplets of {stats['videos']} videos: "
+            f"[{self.tag}] {what} on {stats['triplets']} triplets of {stats['videos']} videos "
+            f"({', '.join(stats.get('teachers', []))}): "
             f"held-out accuracy {stats['val_accuracy']:.2f}, {stats['seconds']:.0f}s",
             flush=True,
         )
@@ -1277,10 +1333,10 @@ class RaplRun(Checkpointed):
             model = RLHFReward.load(path, device=self.device)
         else:
             t0 = time.perf_counter()
-            model, stats = learn_rlhf_reward(
+            model, stats = self._fit_on_preferences(
+                learn_rlhf_reward,
                 encoder_kwargs={"backbone": enc["backbone"], "image_size": int(enc["image_size"])},
                 rlhf=dict(cfg.get("rlhf") or {}),
-                **self._align_kwargs(),
             )
             model.save(saved)
             stats["seconds"] = time.perf_counter() - t0
@@ -1312,11 +1368,11 @@ class RaplRun(Checkpointed):
                 rapl = load_rapl(path, device=self.device)
             else:
                 t0 = time.perf_counter()
-                rapl, stats = align_encoder(
+                rapl, stats = self._fit_on_preferences(
+                    align_encoder,
                     encoder_kwargs=encoder_kwargs,
                     epochs=int(cfg["align"]["epochs"]),
                     ot=ot,
-                    **self._align_kwargs(),
                 )
                 rapl.save(saved)
                 stats["seconds"] = time.perf_counter() - t0

@@ -6,7 +6,8 @@
 scalars (``eval/``, ``train/``, ``rapl/`` or ``rlhf/``, ``align/``, ``losses/``), the aligned
 encoder (``encoder/``) or the RLHF reward model (``reward_model/``), the demos (``demos.npz``),
 a checkpoint and ``final_metrics.json``. ``resume=true hydra.run.dir=<run dir>`` continues a
-run from its checkpoint. See :mod:`pbrl.visual.rl`.
+run from its checkpoint. ``align.teacher=human`` asks people on the labelling page instead of
+the simulated end-user (:mod:`pbrl.visual.human`). See :mod:`pbrl.visual.rl`.
 """
 
 from __future__ import annotations
