@@ -277,3 +277,37 @@ def test_teacher_config_files_agree_with_presets(name):
         "teacher_id",
     ):
         assert getattr(t, attr) == getattr(ref, attr), attr
+
+
+def test_storing_teacher_stores_queries_before_asking_and_the_answers_after(
+    tmp_path: Path,
+) -> None:
+    from pbrl.store import FeedbackStore
+    from pbrl.teachers.storing import StoringTeacher
+
+    seen: list[tuple[int, int, int]] = []
+
+    class Watching(ScriptedTeacher):
+        """Records what the store held when asked, and the page's progress."""
+
+        def set_progress(self, queries_used: int, max_feedback: int) -> None:
+            self.progress = (queries_used, max_feedback)
+
+        def label(self, queries: QueryBatch) -> list[Feedback]:
+            seen.append((store.num_queries(), store.num_labels(), self.progress[0]))
+            return super().label(queries)
+
+    with FeedbackStore(tmp_path / "s.sqlite") as store:
+        inner = Watching()
+        t = StoringTeacher(inner, store, step=7, total=5)
+        assert t.teacher_id == "oracle" and isinstance(t, Teacher)
+        first = t.label(pairs([1.0, 3.0], [2.0, 0.5]))
+        assert inner.progress == (2, 5)
+        t.label(pairs([0.0, 1.0, 2.0], [1.0, 0.0, 3.0]))
+        assert inner.progress == (5, 5)
+        # asked only once its queries were stored; answers stored after
+        assert seen == [(2, 0, 2), (5, 2, 5)]
+        assert store.num_labels("oracle") == 5
+        assert [fb.label for fb in store.feedback("oracle")[:2]] == labels(first)
+        assert store.get_query(first[0].query_id) is not None
+        assert t.state_dict() == inner.state_dict()

@@ -216,8 +216,8 @@ def _make_teacher(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[Any, Call
     clip cache in ``run_dir/human``), rendering clips of the ``pbrl:<task>`` env from the
     stored sim state; it waits for every answer (``human.timeout`` seconds at most).
     """
-    from pbrl.morl.select import StoringTeacher
     from pbrl.teachers import make_teacher
+    from pbrl.teachers.storing import StoringTeacher
 
     if str(cfg.teacher) != "human":
         return make_teacher(str(cfg.teacher), seed=int(cfg.seed)), lambda: None

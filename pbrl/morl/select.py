@@ -28,6 +28,7 @@ from pbrl.morl.cmorl import FrontPolicy
 from pbrl.morl.envs import MOVectorEnv
 from pbrl.morl.ppo import policy_from_state
 from pbrl.teachers.base import Teacher
+from pbrl.teachers.storing import StoringTeacher  # noqa: F401 (re-exported; it lived here)
 
 
 @dataclass
@@ -142,43 +143,6 @@ def tournament(
         alive = nxt + bye
         rnd += 1
     return TournamentResult(int(alive[0]), matches, coins, query_ids)
-
-
-class StoringTeacher:
-    """A teacher whose queries are put into a feedback store before it answers.
-
-    The human teacher's labelling page serves queries from the store, so they must be there
-    first; the answers are stored too (a no-op for a human teacher's, which are committed by
-    its server). A query id already stored is kept, so a rerun of the same tournament reuses
-    the answers given before.
-
-    Args:
-        teacher: the teacher to ask.
-        store: a :class:`~pbrl.store.FeedbackStore` (or anything with ``add_queries`` and
-            ``add``).
-        step: recorded with the queries (e.g. the training steps the front cost).
-    """
-
-    def __init__(self, teacher: Teacher, store: Any, step: int = 0):
-        self.teacher = teacher
-        self.store = store
-        self.step = int(step)
-        self.teacher_id = getattr(teacher, "teacher_id", "teacher")
-
-    def label(self, queries: QueryBatch) -> list[Feedback]:
-        """Store ``queries``, ask the teacher, store and return its answers."""
-        self.store.add_queries(queries, step=self.step)
-        feedback = self.teacher.label(queries)
-        self.store.add(feedback)
-        return feedback
-
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped teacher's state."""
-        return self.teacher.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the wrapped teacher's state."""
-        self.teacher.load_state_dict(state)
 
 
 def select_by_teacher(

@@ -17,7 +17,6 @@ import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -26,11 +25,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from pbrl.data import Feedback, QueryBatch
 from pbrl.qd.arm import ArmDomain
 from pbrl.qd.maze import MazeDomain
 from pbrl.qd.qdhf import Domain, QDConfig, QDHFRun, default_teacher
 from pbrl.teachers.base import Teacher
+from pbrl.teachers.storing import StoringTeacher
 
 JUDGED = ("qdhf", "qdhf_base")
 """Methods that ask the teacher (the others never show a triplet)."""
@@ -98,35 +97,6 @@ def check_human(cfg: DictConfig) -> None:
         )
 
 
-class StoringTeacher:
-    """Puts each round of triplets into the feedback store the page serves, then asks.
-
-    The labelling page only shows queries that are in the store; the human teacher's answers
-    are committed by its server (storing them again is a no-op).
-    """
-
-    def __init__(self, teacher: Any, store: Any, total: int) -> None:
-        self.teacher, self.store, self.total = teacher, store, int(total)
-        self.teacher_id = getattr(teacher, "teacher_id", "human")
-        self.asked = 0
-
-    def label(self, queries: QueryBatch) -> list[Feedback]:
-        """Store ``queries``, show them, wait for (and store) the answers."""
-        self.store.add_queries(queries, step=self.asked)
-        self.asked += len(queries)
-        self.teacher.set_progress(queries_used=self.asked, max_feedback=self.total)
-        feedback = self.teacher.label(queries)
-        self.store.add(feedback)
-        return feedback
-
-    def state_dict(self) -> dict[str, Any]:
-        """Nothing to keep: the answers are in the store."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state_dict`)."""
-
-
 def make_teacher(cfg: DictConfig, run_dir: Path) -> tuple[Teacher, Callable[[], None]]:
     """The run's judge and what closes it: the simulated one, or the labelling page.
 
@@ -165,7 +135,7 @@ def make_teacher(cfg: DictConfig, run_dir: Path) -> tuple[Teacher, Callable[[], 
         human.close()
         store.close()
 
-    return StoringTeacher(human, store, int(cfg.n_pref)), close
+    return StoringTeacher(human, store, total=int(cfg.n_pref)), close
 
 
 def _run(

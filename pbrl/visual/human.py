@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pbrl.data import Feedback, QueryBatch
 from pbrl.teachers.base import Teacher
+from pbrl.teachers.storing import StoringTeacher
 
 TEACHERS: tuple[str, ...] = ("simulated", "human")
 """``align.teacher=``: the simulated end-user (a hidden visual criterion) or people."""
@@ -86,35 +86,6 @@ def _why_no_queries(cfg: Mapping[str, Any]) -> str:
     if not bool(_get(cfg, "encoder.aligned", True)):
         return "encoder.aligned=false rewards with the pretrained features (ImNet-OT), no head"
     return f"the aligned encoder is loaded from encoder.path={_get(cfg, 'encoder.path')}"
-
-
-class StoringTeacher:
-    """Puts each batch of queries into the feedback store the page serves, then asks.
-
-    The labelling page only shows queries that are in the store; the human teacher's answers
-    are committed by its server (storing them again is a no-op).
-    """
-
-    def __init__(self, teacher: Any, store: Any) -> None:
-        self.teacher, self.store = teacher, store
-        self.teacher_id = getattr(teacher, "teacher_id", "human")
-        self.asked = 0
-
-    def label(self, queries: QueryBatch) -> list[Feedback]:
-        """Store ``queries``, show them, wait for (and store) the answers."""
-        self.store.add_queries(queries, step=0)
-        self.asked += len(queries)
-        self.teacher.set_progress(queries_used=self.asked, max_feedback=self.asked)
-        feedback = self.teacher.label(queries)
-        self.store.add(feedback)
-        return feedback
-
-    def state_dict(self) -> dict[str, Any]:
-        """Nothing to keep: the answers are in the store."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state_dict`)."""
 
 
 def make_align_teacher(
