@@ -3,7 +3,7 @@
 PY ?= python
 # Optional extras installed with the tests (env suites, the labelling server), so that their
 # tests run in CI. The browser tests also get Chromium (.ci/install-browser.sh, apt).
-SUITES ?= franka,xmagical,metaworld,crafter,classic,human,morl,gpu,visual
+SUITES ?= franka,xmagical,metaworld,crafter,classic,human,morl,gpu,visual,qd
 
 .PHONY: install install-test run test lint
 

@@ -4,6 +4,10 @@ Same semantics as pyribs' ``GridArchive`` (``ribs >= 0.5``): ``dims`` cells per 
 between ``lower`` and ``upper``; measures outside the bounds fall into the edge cells; a
 solution enters a cell that is empty or holds a worse objective. A whole batch is inserted
 with a few array operations (within a batch, the best solution per cell wins).
+
+:func:`make_archive` picks the backend: ``"pbrl"`` (this class, the default) or ``"ribs"``
+(:class:`pbrl.qd.ribs_archive.RibsGridArchive`, pyribs' ``GridArchive`` behind the same
+interface; ``pip install 'pbrl[qd]'``).
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ class GridArchive:
         """``(N,)`` flat cell index of each ``(N, m)`` measure (clipped into the grid)."""
         measures = np.asarray(measures, np.float64).reshape(-1, len(self.dims))
         dims = np.asarray(self.dims)
-        frac = (measures - self.lower) / (self.upper - self.lower)
-        grid = np.clip(np.floor(frac * dims).astype(np.int64), 0, dims - 1)
+        # dims * (m - lower) / (upper - lower): pyribs' order of operations (same cells)
+        grid = np.floor(dims * (measures - self.lower) / (self.upper - self.lower))
+        grid = np.clip(grid.astype(np.int64), 0, dims - 1)
         return np.ravel_multi_index(grid.T, self.dims)
 
     def add(
@@ -142,3 +147,24 @@ class GridArchive:
         img = lo + t[..., None] * (hi - lo)
         img[~occ] = 0.0
         return img.astype(np.uint8)
+
+
+BACKENDS: tuple[str, ...] = ("pbrl", "ribs")
+
+
+def make_archive(
+    backend: str,
+    dims: Sequence[int],
+    lower: Sequence[float] | np.ndarray,
+    upper: Sequence[float] | np.ndarray,
+    solution_dim: int,
+    extra_dim: int = 0,
+) -> GridArchive:
+    """A grid archive of the named backend (``pbrl`` or ``ribs``), same arguments as above."""
+    if backend == "pbrl":
+        return GridArchive(dims, lower, upper, solution_dim, extra_dim)
+    if backend == "ribs":
+        from pbrl.qd.ribs_archive import RibsGridArchive
+
+        return RibsGridArchive(dims, lower, upper, solution_dim, extra_dim)
+    raise ValueError(f"unknown archive backend {backend!r}; valid: {list(BACKENDS)}")

@@ -68,6 +68,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         seed=int(cfg.seed),
         fit=dict(OmegaConf.to_container(cfg.fit, resolve=True) or {}),  # type: ignore[arg-type]
         ae_fit=dict(OmegaConf.to_container(cfg.ae_fit, resolve=True) or {}),  # type: ignore[arg-type]
+        archive_backend=str(cfg.get("archive_backend", "pbrl")),
     )
     teacher, close = make_teacher(cfg, run_dir)
     try:

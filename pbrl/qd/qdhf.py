@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from pbrl.data import Label, QueryBatch, SegmentBatch
-from pbrl.qd.archive import GridArchive
+from pbrl.qd.archive import BACKENDS, GridArchive, make_archive
 from pbrl.qd.arm import ArmDomain
 from pbrl.qd.maze import MazeDomain
 from pbrl.qd.projection import fit_autoencoder, fit_pca, fit_projection
@@ -86,10 +86,15 @@ class QDConfig:
     seed: int = 0
     fit: dict[str, Any] = field(default_factory=dict)  # fit_projection overrides
     ae_fit: dict[str, Any] = field(default_factory=dict)  # fit_autoencoder overrides
+    archive_backend: str = "pbrl"  # pbrl (built-in) | ribs (pyribs' GridArchive; pbrl[qd])
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown QD method {self.method!r}; valid: {list(METHODS)}")
+        if self.archive_backend not in BACKENDS:
+            raise ValueError(
+                f"unknown archive_backend {self.archive_backend!r}; valid: {list(BACKENDS)}"
+            )
         self.grid = tuple(int(g) for g in self.grid)  # type: ignore[assignment]
 
     def update_iterations(self) -> list[int]:
@@ -168,7 +173,7 @@ class QDHFRun:
         self.n_meas = len(d.gt_lower)
         # extras kept per elite: the true measure, then the features
         self.extra_dim = self.n_meas + d.feature_dim
-        self.gt_all = GridArchive(cfg.grid, d.gt_lower, d.gt_upper, d.solution_dim)
+        self.gt_all = self._archive(d.gt_lower, d.gt_upper, d.solution_dim)
         self.archive: GridArchive | None = None
         # descriptor from (features, true measure); the true measure only for method=gt
         self.describe: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda f, g: g
@@ -179,6 +184,14 @@ class QDHFRun:
         self.judgements = 0
         self.evaluations = 0
         self.history: list[dict[str, float]] = []
+
+    def _archive(
+        self, lower: np.ndarray, upper: np.ndarray, solution_dim: int, extra_dim: int = 0
+    ) -> GridArchive:
+        """An empty archive of the configured backend over ``cfg.grid``."""
+        return make_archive(
+            self.cfg.archive_backend, self.cfg.grid, lower, upper, solution_dim, extra_dim
+        )
 
     def _evaluate(self, sols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.evaluations += len(sols)
@@ -266,7 +279,7 @@ class QDHFRun:
             lower, upper = z.min(axis=0), z.max(axis=0)
             span = np.maximum(upper - lower, 1e-9)
             upper = lower + span  # degenerate (all equal) descriptors still form a grid
-        self.archive = GridArchive(cfg.grid, lower, upper, d.solution_dim, self.extra_dim)
+        self.archive = self._archive(lower, upper, d.solution_dim, self.extra_dim)
         self.archive.add(sols, obj, z, np.concatenate([meas, feats], axis=1))
 
     def _current(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -280,7 +293,7 @@ class QDHFRun:
     def _gt_archive(self) -> GridArchive:
         """The final archive's elites on the ground-truth grid."""
         d = self.domain
-        gt = GridArchive(self.cfg.grid, d.gt_lower, d.gt_upper, d.solution_dim)
+        gt = self._archive(d.gt_lower, d.gt_upper, d.solution_dim)
         sols, obj, meas, _ = self._current()
         gt.add(sols, obj, meas)
         return gt
