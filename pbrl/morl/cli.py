@@ -15,7 +15,6 @@ job; ``pbrl-front <run dir>`` or ``pbrl-front ... resume=true`` (the latest fron
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from pbrl.morl.metrics import EvalProtocol
 from pbrl.morl.pgmorl import PGMORL, PGMORLConfig
 from pbrl.morl.plot import front_image
 from pbrl.morl.ppo import MOPPOConfig
+from pbrl.teachers.human import require_web_extra
 
 METHODS = ("cmorl", "pgmorl")
 SELECT = ("none", "teacher")
@@ -200,12 +200,7 @@ def check_teacher(cfg: DictConfig, names: tuple[str, ...]) -> np.ndarray:
                 "sim_state. Use a pbrl task (env=pbrl:<task>) or a scripted teacher (oracle, "
                 "noisy, ...)"
             )
-        missing = [m for m in ("fastapi", "uvicorn", "av") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(
-                f"teacher=human needs the labelling page's packages ({', '.join(missing)} "
-                "missing): pip install 'pbrl[human]'"
-            )
+        require_web_extra("teacher=human")
     return u
 
 

@@ -13,7 +13,6 @@ the resolved ``config.yaml``, TensorBoard scalars (``qd/...``) and archive heatm
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from pbrl.qd.arm import ArmDomain
 from pbrl.qd.maze import MazeDomain
 from pbrl.qd.qdhf import Domain, QDConfig, QDHFRun, default_teacher
 from pbrl.teachers.base import Teacher
+from pbrl.teachers.human import require_web_extra
 from pbrl.teachers.storing import StoringTeacher
 
 JUDGED = ("qdhf", "qdhf_base")
@@ -90,12 +90,7 @@ def check_human(cfg: DictConfig) -> None:
             f"method={cfg.method} asks no similarity judgements; teacher=human is for method="
             + " or method=".join(JUDGED)
         )
-    missing = [m for m in ("fastapi", "uvicorn", "av") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ImportError(
-            f"teacher=human needs the labelling page's packages ({', '.join(missing)} "
-            "missing): pip install 'pbrl[human]'"
-        )
+    require_web_extra("teacher=human")
 
 
 def make_teacher(cfg: DictConfig, run_dir: Path) -> tuple[Teacher, Callable[[], None]]:

@@ -28,6 +28,25 @@ from pbrl.data import Feedback, QueryBatch
 
 MODES = ("wait", "continue")
 
+WEB_PACKAGES: tuple[str, ...] = ("fastapi", "uvicorn", "av")
+"""What the labelling page needs (the ``human`` extra)."""
+
+
+def require_web_extra(what: str = "teacher=human") -> None:
+    """Raise ``ImportError`` naming the extra when the labelling page's packages are missing.
+
+    Cheap (no import of the packages themselves), so a command can refuse before it starts
+    work; ``what`` names the setting that asked for a person.
+    """
+    import importlib.util
+
+    missing = [m for m in WEB_PACKAGES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"{what} needs the labelling page's packages ({', '.join(missing)} missing): "
+            "pip install 'pbrl[human]'"
+        )
+
 
 class HumanTeacher:
     """Teacher whose answers come from people on the labelling page.

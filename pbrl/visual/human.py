@@ -11,19 +11,20 @@ closed when it has its answers. The RLHF baseline (``reward=rlhf``) asks the sam
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pbrl.teachers.base import Teacher
+from pbrl.teachers.human import require_web_extra
 from pbrl.teachers.storing import StoringTeacher
 
 TEACHERS: tuple[str, ...] = ("simulated", "human")
 """``align.teacher=``: the simulated end-user (a hidden visual criterion) or people."""
 
 
-def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+def cfg_get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``; ``default`` where a key is missing or the value null."""
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -42,9 +43,9 @@ def asks_preferences(cfg: Mapping[str, Any]) -> bool:
     """
     reward = str(cfg["reward"])
     if reward == "rlhf":
-        return _get(cfg, "rlhf.path") is None
-    if reward == "rapl" or bool(_get(cfg, "eval.rapl_return", False)):
-        return bool(_get(cfg, "encoder.aligned", True)) and _get(cfg, "encoder.path") is None
+        return cfg_get(cfg, "rlhf.path") is None
+    if reward == "rapl" or bool(cfg_get(cfg, "eval.rapl_return", False)):
+        return bool(cfg_get(cfg, "encoder.aligned", True)) and cfg_get(cfg, "encoder.path") is None
     return False
 
 
@@ -57,7 +58,7 @@ def check_align_teacher(cfg: Mapping[str, Any]) -> str:
     """
     from pbrl.visual.rl import RaplRunError
 
-    name = str(_get(cfg, "align.teacher", "simulated"))
+    name = str(cfg_get(cfg, "align.teacher", "simulated"))
     if name not in TEACHERS:
         raise RaplRunError(f"align.teacher={name!r}; valid: {', '.join(TEACHERS)}")
     if name == "human":
@@ -68,24 +69,19 @@ def check_align_teacher(cfg: Mapping[str, Any]) -> str:
                 + ". Drop align.teacher=human, or learn from people: leave encoder.path and "
                 "rlhf.path null with reward=rapl (encoder.aligned=true) or reward=rlhf"
             )
-        missing = [m for m in ("fastapi", "uvicorn", "av") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(
-                f"align.teacher=human needs the labelling page's packages ({', '.join(missing)} "
-                "missing): pip install 'pbrl[human]'"
-            )
+        require_web_extra("align.teacher=human")
     return name
 
 
 def _why_no_queries(cfg: Mapping[str, Any]) -> str:
     reward = str(cfg["reward"])
     if reward == "rlhf":
-        return f"reward=rlhf loads its reward model from rlhf.path={_get(cfg, 'rlhf.path')}"
-    if reward == "true_reward" and not bool(_get(cfg, "eval.rapl_return", False)):
+        return f"reward=rlhf loads its reward model from rlhf.path={cfg_get(cfg, 'rlhf.path')}"
+    if reward == "true_reward" and not bool(cfg_get(cfg, "eval.rapl_return", False)):
         return "reward=true_reward trains on the env's own reward"
-    if not bool(_get(cfg, "encoder.aligned", True)):
+    if not bool(cfg_get(cfg, "encoder.aligned", True)):
         return "encoder.aligned=false rewards with the pretrained features (ImNet-OT), no head"
-    return f"the aligned encoder is loaded from encoder.path={_get(cfg, 'encoder.path')}"
+    return f"the aligned encoder is loaded from encoder.path={cfg_get(cfg, 'encoder.path')}"
 
 
 def make_align_teacher(
@@ -108,7 +104,7 @@ def make_align_teacher(
     from pbrl.teachers import make_teacher
 
     run_dir = Path(run_dir)
-    h = {k: v for k, v in dict(_get(cfg, "human", {}) or {}).items() if v is not None}
+    h = {k: v for k, v in dict(cfg_get(cfg, "human", {}) or {}).items() if v is not None}
     h.setdefault("title", title)
     store_path = run_dir / "feedback.sqlite"
     store = FeedbackStore(store_path)

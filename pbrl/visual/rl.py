@@ -86,6 +86,7 @@ from pbrl.rewards.rapl import RAPLReward, triplets_from_feedback
 from pbrl.teachers.base import Teacher
 from pbrl.teachers.visual import VisualCriterionTeacher
 from pbrl.visual.encoders import FrameEncoder
+from pbrl.visual.human import cfg_get as _cfg_get
 from pbrl.visual.rlhf import RLHFReward
 
 EpisodeRewardFn = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
@@ -1088,15 +1089,6 @@ def learn_rlhf_reward(
 
 # ----------------------------------------------------------------------------------------
 # the run
-def _cfg_get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return default if node is None else node
-
-
 class RaplRun(Checkpointed):
     """One SAC or PPO run on the RAPL reward (or a baseline reward) writing into ``run_dir``.
 
