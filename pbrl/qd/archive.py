@@ -37,6 +37,22 @@ class GridArchive:
         solution_dim: int,
         extra_dim: int = 0,
     ):
+        self._set_grid(dims, lower, upper)
+        self.solution_dim = int(solution_dim)
+        self.occupied = np.zeros(self.cells, bool)
+        self.objective = np.full(self.cells, -np.inf)
+        self.solutions = np.zeros((self.cells, self.solution_dim))
+        self.measures = np.zeros((self.cells, len(self.dims)))
+        self.extra_dim = int(extra_dim)
+        self.extras = np.zeros((self.cells, self.extra_dim))
+
+    def _set_grid(
+        self,
+        dims: Sequence[int],
+        lower: Sequence[float] | np.ndarray,
+        upper: Sequence[float] | np.ndarray,
+    ) -> None:
+        """Check and set ``dims``, ``lower``, ``upper`` and ``cells`` (every backend's grid)."""
         self.dims = tuple(int(d) for d in dims)
         self.lower = np.asarray(lower, np.float64).reshape(-1)
         self.upper = np.asarray(upper, np.float64).reshape(-1)
@@ -48,13 +64,6 @@ class GridArchive:
         if not np.all(self.upper > self.lower):
             raise ValueError(f"upper bounds must exceed lower ones, got {self.lower}, {self.upper}")
         self.cells = int(np.prod(self.dims))
-        self.solution_dim = int(solution_dim)
-        self.occupied = np.zeros(self.cells, bool)
-        self.objective = np.full(self.cells, -np.inf)
-        self.solutions = np.zeros((self.cells, self.solution_dim))
-        self.measures = np.zeros((self.cells, len(self.dims)))
-        self.extra_dim = int(extra_dim)
-        self.extras = np.zeros((self.cells, self.extra_dim))
 
     def __len__(self) -> int:
         return int(self.occupied.sum())

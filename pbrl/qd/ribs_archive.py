@@ -51,10 +51,7 @@ class RibsGridArchive(GridArchive):
         extra_dim: int = 0,
     ):
         ribs_archive = _import_ribs()
-        # the built-in archive checks the arguments and sets dims, bounds, cells, sizes
-        probe = GridArchive(dims, lower, upper, 1)
-        self.dims, self.lower, self.upper = probe.dims, probe.lower, probe.upper
-        self.cells = probe.cells
+        self._set_grid(dims, lower, upper)  # the built-in archive's checks and grid
         self.solution_dim = int(solution_dim)
         self.extra_dim = int(extra_dim)
         extra_fields = {"extras": ((self.extra_dim,), np.float64)} if self.extra_dim else None
