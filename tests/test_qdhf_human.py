@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from support import free_port
 
 from pbrl import envs as pbrl_envs
 from pbrl.envs.qd import EFFECTOR_COLOUR, arm_points, draw_arm, world_to_pixel
@@ -96,12 +96,6 @@ def test_missing_web_extra_is_named(monkeypatch) -> None:
     )
     with pytest.raises(ImportError, match=r"av missing.*pip install 'pbrl\[human\]'"):
         check_human(compose_qd(["teacher=human"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None:

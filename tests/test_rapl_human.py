@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 pytest.importorskip("pymunk")
+
+from support import free_port
 
 from pbrl import envs as pbrl_envs  # noqa: E402
 from pbrl.store import FeedbackStore  # noqa: E402
@@ -59,12 +60,6 @@ def test_missing_web_extra_is_named(monkeypatch) -> None:
     )
     with pytest.raises(ImportError, match=r"av missing.*pip install 'pbrl\[human\]'"):
         check_align_teacher(rapl_cfg(["align.teacher=human"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None:

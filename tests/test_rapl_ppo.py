@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("pymunk")
 
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList  # noqa: E402
+from support import tb_scalars
 
 from pbrl import envs  # noqa: E402
 from pbrl.agents.sb3 import PbrlPPO, make_vec_env  # noqa: E402
@@ -195,18 +196,6 @@ def test_rollout_rewards_are_the_episode_reward_with_bootstrap_and_gae(scorer, f
     assert sorted(f["length"] for f in relabel.finished) == [4.0] * 7 + [7.0] * 4
 
 
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[float]] = {}
-    for f in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-    return out
-
-
 def test_fast_run_trains_ppo_on_rapl_reward_and_resumes(tmp_path):
     run = tmp_path / "run"
     cmd = [
@@ -223,7 +212,7 @@ def test_fast_run_trains_ppo_on_rapl_reward_and_resumes(tmp_path):
     assert final["rapl/episodes_scored"] == 6  # 300 steps of 50-step episodes
     assert final["rapl/partial_episode_steps"] == 0  # 100 steps: whole episodes only
     assert final["losses/n_updates"] == 30  # 10 epochs per rollout
-    tags = _scalars(run)
+    tags = tb_scalars(run)
     for tag in ("eval/true_return", "eval/rapl_return", "train/rapl_return", "losses/clip_range"):
         assert tag in tags, tag
     assert "losses/ent_coef" not in tags  # not SAC

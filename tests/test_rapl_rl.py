@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ import torch
 from gymnasium import spaces
 
 pytest.importorskip("pymunk")
+
+from support import tb_scalars
 
 from pbrl import envs  # noqa: E402
 from pbrl.visual.encoders import FrameEncoder  # noqa: E402
@@ -157,18 +158,6 @@ def test_scripted_demo_solves_longstick_and_round_trips(tmp_path, scorer):
     assert sum(r.sum() for r in r_demo) > sum(r.sum() for r in r_still)
 
 
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[float]] = {}
-    for f in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-    return out
-
-
 def test_fast_run_trains_sac_on_rapl_reward_and_resumes(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "pbrl.visual.train", "experiment=fast", f"hydra.run.dir={run}"]
@@ -177,7 +166,7 @@ def test_fast_run_trains_sac_on_rapl_reward_and_resumes(tmp_path):
     assert final["charts/time_total_timesteps"] == 300
     assert final["rapl/episodes_scored"] == 6  # 300 steps of 50-step episodes
     assert final["losses/n_updates"] > 0  # SAC learned on relabelled rows
-    tags = _scalars(run)
+    tags = tb_scalars(run)
     for tag in ("eval/true_return", "eval/success_rate", "eval/rapl_return", "train/rapl_return"):
         assert tag in tags, tag
     assert all(-2.0 * 50 <= v <= 0.0 for v in tags["train/rapl_return"])

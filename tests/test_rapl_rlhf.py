@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import tb_scalars
 
 from pbrl.visual.encoders import FrameEncoder
 from pbrl.visual.rlhf import PAIRS, RLHFReward
@@ -88,18 +88,6 @@ def test_rlhf_reward_rejects_misuse(tmp_path):
         RLHFReward.load(tmp_path)
 
 
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[float]] = {}
-    for f in sorted(run_dir.glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(f))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-    return out
-
-
 def test_fast_run_trains_sac_on_rlhf_reward_and_resumes(tmp_path):
     pytest.importorskip("pymunk")
     from pbrl.visual.rl import train_on_rapl_reward
@@ -121,7 +109,7 @@ def test_fast_run_trains_sac_on_rlhf_reward_and_resumes(tmp_path):
     assert 0.0 <= final["align/val_accuracy"] <= 1.0
     stats = json.loads((run / "align.json").read_text())
     assert stats["triplets"] == 20 and stats["videos"] == 12  # the fast preset's align.*
-    tags = _scalars(run)
+    tags = tb_scalars(run)
     for tag in ("eval/true_return", "eval/success_rate", "eval/rlhf_return", "train/rlhf_return"):
         assert tag in tags, tag
     assert not any(t.startswith("rapl/") or t.endswith("rapl_return") for t in tags)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from support import free_port  # noqa: F401 (re-exported for the session tests)
 
 from pbrl import envs as pbrl_envs
 from pbrl.data import QueryBatch, SegmentBatch
@@ -80,10 +80,3 @@ def client(srv: LabelServer, name: str | None) -> httpx.Client:
 
     headers = {} if name is None else {"Authorization": f"Bearer {token_of(srv, name)}"}
     return httpx.Client(base_url=srv.url, headers=headers, timeout=60)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
+from support import free_port
 
 from pbrl.morl.cli import check_teacher, run
 from pbrl.store import FeedbackStore
@@ -18,12 +18,6 @@ from pbrl.store import FeedbackStore
 for _mod, _extra in {"fastapi": "human", "uvicorn": "human", "av": "human"}.items():
     pytest.importorskip(_mod, reason=f"{_mod} is missing: pip install 'pbrl[{_extra}]'")
 httpx = pytest.importorskip("httpx", reason="httpx is missing: pip install 'pbrl[test]'")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 U = np.array([0.8, 0.2])  # the labeller's hidden trade-off of (reward_forward, reward_ctrl)
