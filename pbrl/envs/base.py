@@ -313,7 +313,11 @@ def state_reader(model: Any, data: Any, sig: int) -> Any:
     """A function ``() -> mj_getState(model, data, sig)`` as a new float64 vector.
 
     A closure over its arguments, for the per-step ``_get_sim_state`` of MuJoCo-based envs:
-    it skips the attribute lookups a method would make on every step.
+    it skips the attribute lookups a method would make on every step. Where ``sig`` has no
+    ``mjSTATE_TIME`` (a scalar of the ``mjData`` struct, not of its arrays) the state is
+    gathered straight from ``mjData``'s arrays by one fancy index (:func:`_gather_reader`,
+    ~0.3 us instead of ~0.6 us for the pybind11 call); it is checked against
+    ``mj_getState`` when built, and ``mj_getState`` is used wherever the gather does not apply.
     """
     import mujoco
 
@@ -326,7 +330,69 @@ def state_reader(model: Any, data: Any, sig: int) -> Any:
         get(model, data, out, sig)
         return out
 
+    fast = _gather_reader(model, data, sig)
+    if fast is not None and np.array_equal(fast(), read(), equal_nan=True):
+        return fast
     return read
+
+
+# mjData arrays of the mjtState components, in mj_getState's order (None: not float64).
+_STATE_FIELDS: tuple[tuple[str, str | None], ...] = (
+    ("mjSTATE_QPOS", "qpos"),
+    ("mjSTATE_QVEL", "qvel"),
+    ("mjSTATE_ACT", "act"),
+    ("mjSTATE_HISTORY", "history"),
+    ("mjSTATE_WARMSTART", "qacc_warmstart"),
+    ("mjSTATE_CTRL", "ctrl"),
+    ("mjSTATE_QFRC_APPLIED", "qfrc_applied"),
+    ("mjSTATE_XFRC_APPLIED", "xfrc_applied"),
+    ("mjSTATE_EQ_ACTIVE", None),
+    ("mjSTATE_MOCAP_POS", "mocap_pos"),
+    ("mjSTATE_MOCAP_QUAT", "mocap_quat"),
+    ("mjSTATE_USERDATA", "userdata"),
+    ("mjSTATE_PLUGIN", "plugin_state"),
+)
+
+
+def _gather_reader(model: Any, data: Any, sig: int) -> Any | None:
+    """``() -> state`` by one ``take`` from a view spanning ``data``'s arrays, or None.
+
+    The arrays of an ``mjData`` live in its one buffer, padded for alignment, for the life of
+    the ``mjData``; a strided view from the lowest of them reaches every other, and an index
+    picks ``mj_getState``'s entries out of it (only those addresses are ever read). None when
+    ``sig`` asks for the time or for a component that is not a float64 array here, or on an
+    unexpected layout — :func:`state_reader` then calls ``mj_getState``.
+    """
+    import mujoco
+    from numpy.lib.stride_tricks import as_strided
+
+    if sig & int(mujoco.mjtState.mjSTATE_TIME) or sig >> len(_STATE_FIELDS) + 1:
+        return None
+    parts = []
+    for bit_name, field in _STATE_FIELDS:
+        bit = int(getattr(mujoco.mjtState, bit_name, 0))
+        if not bit or not sig & bit:
+            continue
+        n = mujoco.mj_stateSize(model, bit)
+        if n == 0:
+            continue
+        arr = None if field is None else getattr(data, field, None)
+        if arr is None or arr.dtype != np.float64 or arr.size != n or not arr.flags.c_contiguous:
+            return None
+        parts.append(arr.reshape(-1))
+    if not parts or sum(p.size for p in parts) != mujoco.mj_stateSize(model, sig):
+        return None
+    addrs = [p.ctypes.data for p in parts]
+    low = min(addrs)
+    if any((a - low) % 8 for a in addrs):
+        return None
+    idx = np.concatenate(
+        [np.arange(p.size) + (a - low) // 8 for p, a in zip(parts, addrs, strict=True)]
+    )
+    span = as_strided(parts[addrs.index(low)], shape=(int(idx.max()) + 1,), strides=(8,))
+    span.flags.writeable = False
+    take, idx = span.take, idx.astype(np.intp)
+    return lambda: take(idx)
 
 
 def factor_reader(names: tuple[str, ...]) -> Any:

@@ -396,7 +396,13 @@ def test_pbrl_vector_env_merges_infos_exactly_like_gymnasium(name: str, mode: st
         r1, r2 = ours.step(a), ref.step(a)
         for u, v in zip(r1[:4], r2[:4], strict=True):
             assert np.array_equal(u, v)
+            assert u.dtype == v.dtype and u.shape == v.shape
         _assert_same_infos(r1[4], r2[4])
+        # The columns path steps the sub-envs with its own loop: same autoreset bookkeeping,
+        # and what it returns is a copy, never the env's own buffer.
+        assert np.array_equal(ours._autoreset_envs, ref._autoreset_envs)
+        assert not np.shares_memory(r1[0], ours._observations)
+        assert not np.shares_memory(r1[1], ours._rewards)
         done = np.logical_or(r1[2], r1[3])
         ends += int(np.any(done))
         if mode == "DISABLED" and done.any():  # the caller resets finished columns
@@ -456,4 +462,59 @@ def test_state_reader_equals_mj_get_state() -> None:
     a, b = read(), read()
     np.testing.assert_array_equal(a, want)
     assert a is not b and a.dtype == np.float64  # a fresh vector per call
+    env.close()
+
+
+_S = mujoco.mjtState
+
+
+@pytest.mark.parametrize(
+    ("name", "sig", "gathered"),
+    [
+        ("cheetah_run", _S.mjSTATE_QPOS | _S.mjSTATE_QVEL | _S.mjSTATE_ACT, True),
+        ("walker_walk", _S.mjSTATE_QPOS | _S.mjSTATE_QVEL | _S.mjSTATE_ACT, True),
+        ("hopper", _S.mjSTATE_QPOS | _S.mjSTATE_QVEL | _S.mjSTATE_CTRL, True),
+        ("hopper", _S.mjSTATE_QVEL | _S.mjSTATE_XFRC_APPLIED | _S.mjSTATE_WARMSTART, True),
+        ("hopper", _S.mjSTATE_FULLPHYSICS, False),  # the time is no array: mj_getState
+        ("mw_button_press", _S.mjSTATE_QPOS | _S.mjSTATE_EQ_ACTIVE, False),  # bytes
+        ("mw_button_press", _S.mjSTATE_QPOS | _S.mjSTATE_MOCAP_POS | _S.mjSTATE_MOCAP_QUAT, True),
+    ],
+)
+def test_state_reader_gather_matches_mj_get_state_while_stepping(
+    name: str, sig: int, gathered: bool
+) -> None:
+    # Without the time, the state is gathered from mjData's arrays by one index (a view
+    # over its buffer); it must equal mj_getState on every step, after a reset and after
+    # re-rendering and restoring (which copy whole mjData structs into the same buffer).
+    try:
+        env = envs.make_env(name, seed=0)
+    except envs.MissingExtraError as e:
+        pytest.skip(str(e))
+    if name in dmc.TASKS:
+        model, data = env.core.physics.model.ptr, env.core.physics.data.ptr
+    else:
+        model, data = env.unwrapped.model, env.unwrapped.data
+    sig = int(sig)
+    read = state_reader(model, data, sig)
+    assert (read.__name__ == "<lambda>") == gathered  # the gather, or the mj_getState call
+    want = np.empty(mujoco.mj_stateSize(model, sig))
+    env.reset(seed=1)
+    env.action_space.seed(1)
+    snap = None
+    for t in range(60):
+        _, _, term, trunc, info = env.step(env.action_space.sample())
+        data.xfrc_applied[:] = t  # nonzero entries for the components that are usually 0
+        mujoco.mj_getState(model, data, want, sig)
+        got = read()
+        assert got.dtype == np.float64 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        if t == 20:
+            snap = env.get_env_state()
+        if t == 30:
+            env.render_state(info["sim_state"], 32, 32)
+            env.set_env_state(snap)
+            mujoco.mj_getState(model, data, want, sig)
+            np.testing.assert_array_equal(read(), want)
+        if term or trunc:
+            env.reset()
     env.close()
