@@ -87,6 +87,14 @@ def test_human_teacher_is_refused_where_no_person_can_answer() -> None:
     assert cfg.teacher.name == "simulated" and cfg.teacher.beta == math.inf
 
 
+def test_refused_human_run_writes_nothing(tmp_path) -> None:
+    from pbrl.qd.cli import run
+
+    with pytest.raises(ValueError, match="domain=maze has no renderer"):
+        run(compose_qd(["domain=maze", "teacher=human"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_web_extra_is_named(monkeypatch) -> None:
     import importlib.util
 

@@ -47,9 +47,12 @@ def make_domain(dcfg: DictConfig) -> Domain:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the QD experiment ``cfg`` and write its outputs into ``run_dir``."""
     run_dir = Path(run_dir)
+    # Refuse what cannot run before anything is written into the run directory.
+    domain = make_domain(cfg.domain)
+    if str(cfg.teacher.name) == "human":
+        check_human(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    domain = make_domain(cfg.domain)
     torch.manual_seed(int(cfg.seed))
     # the networks are tiny: extra threads only add contention (15x slower on a busy CPU)
     torch.set_num_threads(int(cfg.torch_threads))
