@@ -342,7 +342,7 @@ class Prof:
     @staticmethod
     def _match(key: tuple[str, int, str], where: tuple[Any, ...]) -> bool:
         """``where``: (file-path suffix, name) or (suffix, name, first line) when one file
-        has several functions of that name."""
+        has several functions of that name; the suffix may be a tuple of suffixes."""
         path, line, name = key
         if len(where) > 2 and line != where[2]:
             return False
@@ -361,7 +361,13 @@ class Prof:
         return total
 
 
-ONLINE = "pbrl/loops/online.py"
+# the online loop's methods live in these files (cProfile keys: file-path suffixes)
+ONLINE = (
+    "pbrl/loops/online.py",
+    "pbrl/loops/base.py",
+    "pbrl/loops/feedback.py",
+    "pbrl/checkpoint.py",
+)
 BUFFER = "pbrl/buffer.py"
 SB3_SAC = "stable_baselines3/sac/sac.py"
 OFFPOL = "stable_baselines3/common/off_policy_algorithm.py"

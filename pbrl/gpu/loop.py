@@ -24,8 +24,6 @@ state (the device RNG and the segment pool are not restored).
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +33,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from pbrl.checkpoint import Checkpointed
 from pbrl.data import SegmentBatch
 from pbrl.gpu.ppo import PPOConfig, SegmentPool, TorchPPO, knn_intrinsic_reward
 from pbrl.gpu.sim import TASKS, BatchedMujocoEnv
-from pbrl.loops.feedback import FEEDBACK_STATE_KEYS, FeedbackRounds, RunError
+from pbrl.loops.base import OnlineLoop
+from pbrl.loops.feedback import FEEDBACK_STATE_KEYS, RunError
 from pbrl.loops.online import resolve_device
-from pbrl.metrics import add_gif, evaluate
 
 
 def gpu_task(env_cfg: DictConfig) -> str:
@@ -75,7 +72,7 @@ def ppo_config(a: DictConfig) -> PPOConfig:
     )
 
 
-class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
+class GpuPreferenceLoop(OnlineLoop):
     """One PrefPPO run with simulator, policy and reward ensemble on ``cfg.device``.
 
     Args:
@@ -91,11 +88,7 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(resolve_device(cfg.device))
         seed = int(cfg.seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)  # query selection
-        self.eval_rng = np.random.default_rng(seed + 1)
+        self._seed_all(seed)  # self.rng: query selection; self.eval_rng: metrics
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 2)  # segment sampling
         self.eval_gen = torch.Generator(device=self.device).manual_seed(seed + 3)
 
@@ -166,24 +159,14 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
         self.obs, _ = self.env.reset(seed=seed)
         self.writer = SummaryWriter(str(self.run_dir))
 
-        self.next_eval = int(cfg.eval.every)
-        self.next_log = int(cfg.log.every)
-        self.next_video = int(cfg.log.video_every) if cfg.log.video_every else math.inf
-        self.next_ckpt = int(cfg.checkpoint.every) if cfg.checkpoint.every else math.inf
+        self._init_schedule()
         self.recent_returns: list[float] = []
-        self._last_logged = -1
-        self._t_chunk, self._steps_chunk = time.perf_counter(), 0
 
     # ------------------------------------------------------------------------------------
     @property
     def step(self) -> int:
         """Environment steps so far (summed over worlds)."""
         return int(self.ppo.num_timesteps)
-
-    @property
-    def unsup_end(self) -> int:
-        """Step at which state-entropy pre-training ends and the first round happens."""
-        return int(self.cfg.agent.num_seed_steps) + int(self.cfg.agent.num_unsup_steps)
 
     def _record(self, obs: torch.Tensor, env_a: torch.Tensor, info: dict[str, Any]) -> None:
         """Write one step into the segment pool, then advance the episode bookkeeping."""
@@ -258,33 +241,13 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
                 self._scalar("train/true_return", float(np.mean(stats["returns"])), self.step)
                 self._scalar("train/episode_length", float(np.mean(stats["lengths"])), self.step)
             self._steps_chunk += self.step - s0
-            self._after_iteration(time.perf_counter() - t0)
+            self._after_chunk(time.perf_counter() - t0)
         self._evaluate(force=True)
         self._log(force=True)
         self.save_checkpoint()
         self.writer.flush()
         (self.run_dir / "final_metrics.json").write_text(json.dumps(self.last, indent=2))
         return dict(self.last)
-
-    def _after_iteration(self, dt: float) -> None:
-        cfg = self.cfg
-        if self.true_reward:
-            pass
-        elif not self.feedback_started and self.step >= self.unsup_end:
-            self.feedback_started = True
-            self._feedback_round(first=True)
-        elif (
-            self.feedback_started
-            and self.queries_used < cfg.max_feedback
-            and self.step >= self.last_feedback_step + int(cfg.agent.num_interact)
-        ):
-            self._feedback_round()
-        self._evaluate()
-        self._log()
-        if self.step >= self.next_ckpt:
-            self.save_checkpoint()
-            while self.next_ckpt <= self.step:
-                self.next_ckpt += int(cfg.checkpoint.every)
 
     # hooks of FeedbackRounds (pbrl/loops/feedback.py): the round itself is shared
     def _candidate_segments(self, n: int) -> SegmentBatch:
@@ -303,34 +266,11 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
         a = torch.as_tensor(act, dtype=torch.float32, device=self.device)
         return self._device_reward(o, a).cpu().numpy()
 
-    def _evaluate(self, force: bool = False) -> None:
-        cfg, s = self.cfg, self.step
-        if not force and s < self.next_eval:
-            return
-        want_video = s >= self.next_video or force and bool(cfg.log.video_every)
-        res = evaluate(
-            self.eval_envs,
-            self._policy,
-            self._reward_np if self.reward_active else None,
-            seed=int(cfg.seed) + 10_000,
-            record_states=want_video,
-        )
-        for k, v in res.scalars().items():
-            self._scalar(k, v, s)
-        if self.reward_active:
-            self._reward_quality(s)
-        if want_video and res.first_states:
-            size = int(cfg.log.video_size)
-            stride = max(1, math.ceil(len(res.first_states) / int(cfg.log.video_max_frames)))
-            frames = [
-                self.env.render_state(st, width=size, height=size)
-                for st in res.first_states[::stride]
-            ]
-            add_gif(self.writer, "videos/eval_rollout", frames, s, fps=max(1, 30 // stride))
-            while self.next_video <= s:
-                self.next_video += int(cfg.log.video_every)
-        while self.next_eval <= s:
-            self.next_eval += int(cfg.eval.every)
+    def _eval_reward(self) -> Any:
+        return self._reward_np if self.reward_active else None
+
+    def _render_frame(self, state: np.ndarray, size: int) -> np.ndarray:
+        return self.env.render_state(state, width=size, height=size)
 
     def _reward_quality(self, s: int) -> None:
         try:
@@ -346,14 +286,7 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
     def _progress_tag(self) -> str:
         return f"{super()._progress_tag()} {self.device}"
 
-    _LOOP_KEYS = (
-        *FEEDBACK_STATE_KEYS,
-        "next_eval",
-        "next_log",
-        "next_video",
-        "next_ckpt",
-        "recent_returns",
-    )
+    _LOOP_KEYS = (*FEEDBACK_STATE_KEYS, *OnlineLoop.SCHEDULE_KEYS, "recent_returns")
 
     def state_dict(self) -> dict[str, Any]:
         """Agent, reward learner, teacher, schedule and the worlds' states."""
@@ -369,13 +302,7 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
                 "episode": self.episode.cpu(),
                 "ep_step": self.ep_step.cpu(),
             },
-            "rng": {
-                "loop": self.rng.bit_generator.state,
-                "eval": self.eval_rng.bit_generator.state,
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "python": random.getstate(),
-            },
+            "rng": self._rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -393,20 +320,11 @@ class GpuPreferenceLoop(FeedbackRounds, Checkpointed):
         self.episode.copy_(e["episode"])
         self.ep_step.copy_(e["ep_step"])
         self.obs = self.env.observe()
-        rng = state["rng"]
-        self.rng.bit_generator.state = rng["loop"]
-        self.eval_rng.bit_generator.state = rng["eval"]
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        self._load_rng_state(state["rng"])
 
     def close(self) -> None:
         """Close the writer, the store, the envs (and a human teacher's server)."""
-        teacher_close = getattr(self.teacher, "close", None)
-        if callable(teacher_close):
-            teacher_close()
-        self.writer.close()
-        self.store.close()
+        self._close_feedback()
         self.env.close()
         for env in self.eval_envs:
             env.close()

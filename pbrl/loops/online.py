@@ -17,8 +17,6 @@ recorded for queries and the reward is applied at collection time (no relabellin
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -48,13 +46,12 @@ from pbrl.checkpoint import (  # noqa: F401 (CHECKPOINT and the functions: re-ex
     write_checkpoint,
 )
 from pbrl.data import SegmentBatch
+from pbrl.loops.base import OnlineLoop
 from pbrl.loops.feedback import (  # noqa: F401 (RunError, feedback_batch_size: re-exported)
     FEEDBACK_STATE_KEYS,
-    FeedbackRounds,
     RunError,
     feedback_batch_size,
 )
-from pbrl.metrics import add_gif, evaluate
 
 
 def resolve_device(device: str) -> str:
@@ -78,7 +75,7 @@ def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-class PreferenceLoop(FeedbackRounds, Checkpointed):
+class PreferenceLoop(OnlineLoop):
     """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
 
     Args:
@@ -96,11 +93,7 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
         if self.algo not in ("sac", "ppo"):
             raise RunError(f"agent.algo={self.algo!r} is not an online agent; valid: sac, ppo")
         seed = int(cfg.seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng(seed)  # queries and segment sampling
-        self.eval_rng = np.random.default_rng(seed + 1)  # metrics only: never steers learning
+        self._seed_all(seed)  # self.rng: queries and segment sampling; self.eval_rng: metrics
 
         # --- environments ---------------------------------------------------------------
         env_name, env_kwargs = cfg.env.name, dict(cfg.env.get("kwargs") or {})
@@ -192,14 +185,7 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
         self.writer = SummaryWriter(str(self.run_dir))
         self.model.set_logger(make_logger(self._sb3_scalar))
 
-        # --- schedule state (checkpointed) ---------------------------------------------------
-        self.next_eval = int(cfg.eval.every)
-        self.next_log = int(cfg.log.every)
-        self.next_video = int(cfg.log.video_every) if cfg.log.video_every else math.inf
-        self.next_ckpt = int(cfg.checkpoint.every) if cfg.checkpoint.every else math.inf
-        self._t_chunk = time.perf_counter()
-        self._steps_chunk = 0
-        self._last_logged = -1
+        self._init_schedule()  # (checkpointed)
 
     # ------------------------------------------------------------------------------------
     # rewards seen by the agent
@@ -237,11 +223,6 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
     def step(self) -> int:
         """Environment steps taken so far (summed over envs)."""
         return int(self.model.num_timesteps)
-
-    @property
-    def unsup_end(self) -> int:
-        """Step at which pre-training ends and the first feedback round happens."""
-        return int(self.cfg.agent.num_seed_steps) + int(self.cfg.agent.num_unsup_steps)
 
     # ------------------------------------------------------------------------------------
     def run(self, until: int | None = None) -> dict[str, float]:
@@ -309,25 +290,6 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
             cands.append(self.last_feedback_step + int(self.cfg.agent.num_interact))
         return int(min(c for c in cands if c > self.step))
 
-    def _after_chunk(self, dt: float) -> None:
-        cfg = self.cfg
-        if self.true_reward:
-            pass
-        elif not self.feedback_started and self.step >= self.unsup_end:
-            self._first_feedback()
-        elif (
-            self.feedback_started
-            and self.queries_used < cfg.max_feedback
-            and self.step >= self.last_feedback_step + int(cfg.agent.num_interact)
-        ):
-            self._feedback_round()
-        self._evaluate()
-        self._log()
-        if self.step >= self.next_ckpt:
-            self.save_checkpoint()
-            while self.next_ckpt <= self.step:
-                self.next_ckpt += int(cfg.checkpoint.every)
-
     # ------------------------------------------------------------------------------------
     # the paper's steps
     def _first_feedback(self) -> None:
@@ -343,7 +305,7 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
                     batch_size=self.model.batch_size,
                 )
 
-    # hooks of FeedbackRounds (pbrl/loops/feedback.py): the round itself is shared
+    # hooks of FeedbackRounds (pbrl/loops/feedback.py) and OnlineLoop (pbrl/loops/base.py)
     def _candidate_segments(self, n: int) -> SegmentBatch:
         return self.buffer.sample_segments(
             n, int(self.cfg.segment_size), self.rng, recent_episodes=int(self.cfg.recent_episodes)
@@ -364,29 +326,6 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
             obs = self.vecnorm.normalize_obs(obs)
         return self.model.predict(obs, deterministic=True)[0]
 
-    def _evaluate(self, force: bool = False) -> None:
-        cfg, s = self.cfg, self.step
-        if not force and s < self.next_eval:
-            return
-        want_video = s >= self.next_video or force and bool(cfg.log.video_every)
-        res = evaluate(
-            self.eval_envs,
-            self._policy,
-            self.learner.reward_fn if self.reward_active else None,
-            seed=int(cfg.seed) + 10_000,
-            record_states=want_video,
-        )
-        for k, v in res.scalars().items():
-            self._scalar(k, v, s)
-        if self.reward_active:
-            self._reward_quality(s)
-        if want_video and res.first_states:
-            self._video(res.first_states, s)
-            while self.next_video <= s:
-                self.next_video += int(cfg.log.video_every)
-        while self.next_eval <= s:
-            self.next_eval += int(cfg.eval.every)
-
     def _reward_quality(self, s: int) -> None:
         """Held-out preference accuracy and learned-vs-true reward correlation."""
         try:
@@ -400,13 +339,6 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
             return
         obs, act, true_r = self.buffer.sample_transitions(4096, self.eval_rng)
         self._reward_quality_from(s, segs, (self.learner.reward_fn(obs, act), true_r))
-
-    def _video(self, states: list[np.ndarray], s: int) -> None:
-        size = int(self.cfg.log.video_size)
-        stride = max(1, math.ceil(len(states) / int(self.cfg.log.video_max_frames)))
-        env = self.eval_envs[0]
-        frames = [env.render_state(st, width=size, height=size) for st in states[::stride]]
-        add_gif(self.writer, "videos/eval_rollout", frames, s, fps=max(1, 30 // stride))
 
     def _sb3_scalar(self, tag: str, value: float, step: int) -> None:
         self._scalar(tag, value, self.step)
@@ -422,17 +354,8 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
             "buffer": self.buffer.state_dict(),
             "learner": None if self.learner is None else self.learner.state_dict(),
             "teacher": self.teacher.state_dict(),
-            "loop": {
-                k: getattr(self, k)
-                for k in (*FEEDBACK_STATE_KEYS, "next_eval", "next_log", "next_video", "next_ckpt")
-            },
-            "rng": {
-                "loop": self.rng.bit_generator.state,
-                "eval": self.eval_rng.bit_generator.state,
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "python": random.getstate(),
-            },
+            "loop": {k: getattr(self, k) for k in (*FEEDBACK_STATE_KEYS, *self.SCHEDULE_KEYS)},
+            "rng": self._rng_state(),
         }
         if self.algo == "ppo" and self.vecnorm is not None:
             v = self.vecnorm
@@ -458,22 +381,13 @@ class PreferenceLoop(FeedbackRounds, Checkpointed):
         for k, v in state["loop"].items():
             setattr(self, k, v)
         self._defer_rewards()
-        rng = state["rng"]
-        self.rng.bit_generator.state = rng["loop"]
-        self.eval_rng.bit_generator.state = rng["eval"]
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
+        self._load_rng_state(state["rng"])
         if "vecnorm" in state:
             for k, v in state["vecnorm"].items():
                 setattr(self.vecnorm, k, v)
 
     def close(self) -> None:
         """Close the writer, the store and the envs (and stop a human teacher's server)."""
-        teacher_close = getattr(self.teacher, "close", None)
-        if callable(teacher_close):
-            teacher_close()
-        self.writer.close()
-        self.store.close()
+        self._close_feedback()
         for env in [*self.train_envs, *self.eval_envs]:
             env.close()
