@@ -1475,8 +1475,9 @@ class RaplRun(Checkpointed):
                 progress_bar=False,
                 callback=self.relabel,
             )
-            if self.algo == "ppo":  # SB3 logs a PPO update at the next rollout: log it now
-                self.model.logger.dump(self.step)
+            # SB3 writes what it recorded at its next dump (PPO: the next rollout; SAC: the
+            # next episode end), so the chunk's last losses would be lost at the end: now.
+            self.model.logger.dump(self.step)
             dt = time.perf_counter() - t0
             self._scalar("charts/sps", (self.step - s0) / max(dt, 1e-9), self.step)
             self._log_training_episodes()
