@@ -93,6 +93,8 @@ def test_run_in_pieces_equals_run_at_once(tmp_path: Path) -> None:
             with pytest.raises(ValueError, match="after the current step"):
                 loop.run(until=loop.step)
             metrics = loop.run()
+            # the last chunk's SB3 scalars are logged too (SB3 alone holds them back)
+            assert metrics["losses/n_updates"] == loop.model._n_updates
             params = [p.detach().clone() for p in loop.model.policy.parameters()]
             return metrics, params, loop.queries_used
         finally:

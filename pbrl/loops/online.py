@@ -254,6 +254,9 @@ class PreferenceLoop(OnlineLoop):
                 log_interval=1,
                 progress_bar=False,
             )
+            # SB3 writes what it recorded at its next dump (SAC: the next episode end; PPO:
+            # the next rollout), so a chunk's last losses would wait or, at the end, be lost.
+            self.model.logger.dump(self.step)
             self._steps_chunk += self.step - s0
             self._after_chunk(time.perf_counter() - t0)
         if self.step < total:
