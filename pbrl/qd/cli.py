@@ -6,8 +6,9 @@ directory gets
 the resolved ``config.yaml``, TensorBoard scalars (``qd/...``) and archive heatmaps (images),
 ``history.json`` (metrics every ``log_every`` iterations) and ``final_metrics.json``.
 
-``teacher=human`` (``domain=arm``): people answer the triplets on the labelling page
-(:mod:`pbrl.human`), which draws each solution's arm posture; the triplets and answers go to
+``teacher=human`` (``domain=arm`` or ``domain=maze``): people answer the triplets on the
+labelling page (:mod:`pbrl.human`), which draws each solution's arm posture or the maze
+robot's path; the triplets and answers go to
 ``run_dir/feedback.sqlite``, tokens to ``run_dir/human``, settings under ``human:``.
 """
 
@@ -82,11 +83,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
 def check_human(cfg: DictConfig) -> None:
     """Refuse ``teacher=human`` where no person could answer (before anything starts)."""
-    if cfg.domain.name != "arm":
+    if cfg.domain.name not in ("arm", "maze"):
         raise ValueError(
             f"teacher=human needs pictures a person can compare; domain={cfg.domain.name} has no "
-            "renderer for its solutions yet (only domain=arm draws them). Use the simulated "
-            "judge (teacher=simulated) for this domain"
+            "renderer for its solutions (domain=arm and domain=maze draw them). Use the "
+            "simulated judge (teacher=simulated) for this domain"
         )
     if str(cfg.method) not in JUDGED:
         raise ValueError(

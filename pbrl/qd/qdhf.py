@@ -111,8 +111,9 @@ def triplet_query(
 ) -> QueryBatch:
     """A ``kind="triplet"`` query batch from ``(M, 3, dof)`` solutions (ref, x_1, x_2).
 
-    For the arm each segment also stores the joint angles as a one-step ``sim_state`` of the
-    ``qd_arm`` env (:mod:`pbrl.envs.qd`), so the labelling page can draw the postures.
+    Each segment also stores what the labelling page draws as a one-step ``sim_state`` of the
+    domain's env (:mod:`pbrl.envs.qd`): the joint angles for the arm (``qd_arm``), the
+    recorded trajectory (the features) for the maze (``qd_maze``).
 
     ``evaluated``: ``domain.evaluate`` of the ``3 M`` flattened solutions when already known
     (objective ``(3M,)``, measures ``(3M, m)``, features ``(3M, D)``).
@@ -122,6 +123,8 @@ def triplet_query(
     obj, meas, feats = domain.evaluate(flat) if evaluated is None else evaluated
     obj, meas, feats = obj.reshape(m, 3), meas.reshape(m, 3, -1), feats.reshape(m, 3, -1)
     name = getattr(domain, "name", "arm")
+    # what the qd_<name> env draws on the labelling page: arm postures, maze trajectories
+    drawn = {"arm": thetas, "maze": feats}.get(name)
     members = []
     for j in range(3):
         g = meas[:, j]
@@ -131,8 +134,7 @@ def triplet_query(
                 actions=thetas[:, j][:, None].astype(np.float32),
                 true_reward=obj[:, j][:, None].astype(np.float32),
                 reward_factors={f"measure_{k}": g[:, k : k + 1] for k in range(g.shape[1])},
-                # the arm's posture, drawn by the qd_arm env on the labelling page
-                sim_state=thetas[:, j][:, None].astype(np.float64) if name == "arm" else None,
+                sim_state=None if drawn is None else drawn[:, j][:, None].astype(np.float64),
                 env_name=f"qd_{name}",
             )
         )
