@@ -100,11 +100,16 @@ def prepare_argv(
     return [*argv, RESUME_OUTPUT]
 
 
+RUNTIME_KEYS = frozenset({"resume", "torch_threads"})
+"""Top-level config keys a resumed run may change (see :func:`config_diff`)."""
+
+
 def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
-    """``"key: saved (run) vs current (now)"`` for every leaf that differs (``resume`` aside).
+    """``"key: saved (run) vs current (now)"`` for every leaf that differs.
 
     Used to refuse resuming a run with another config (``pbrl-train``, ``pbrl-offline``,
-    ``pbrl-front``).
+    ``pbrl-front``). The top-level keys of :data:`RUNTIME_KEYS` (how this process runs, not
+    what it computes) may differ, or be missing from a run made before they existed.
     """
     a = OmegaConf.to_container(saved, resolve=True)
     b = OmegaConf.to_container(current, resolve=True)
@@ -113,7 +118,7 @@ def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
     def walk(x: object, y: object, prefix: str) -> None:
         if isinstance(x, dict) and isinstance(y, dict):
             for k in sorted(set(x) | set(y)):
-                if k == "resume" and not prefix:
+                if k in RUNTIME_KEYS and not prefix:
                     continue
                 walk(x.get(k, "<missing>"), y.get(k, "<missing>"), f"{prefix}{k}.")
         elif x != y:

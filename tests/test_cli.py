@@ -205,3 +205,47 @@ def test_multirun_sweeps_seeds_with_every_choice_from_config(tmp_path: Path) -> 
             assert store.num_queries() == 20
             selectors = {store.get_query(q).selector for q in store.query_ids()}
         assert selectors == {"uniform", "entropy"}  # first round uniform, then entropy
+
+
+def test_torch_threads_setting_is_applied_checked_and_free_on_resume() -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from pbrl.cli import config_diff
+    from pbrl.threads import set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_torch_threads(None) == 1  # null: leave torch's setting
+        for bad in (0, -2, 1.5, "two", True):
+            with pytest.raises(ValueError, match="torch_threads must be a whole number >= 1"):
+                set_torch_threads(bad)
+    finally:
+        torch.set_num_threads(before)
+    # how a process runs, not what it computes: a run made before the key existed, or with
+    # another value, still resumes; any other difference is refused
+    saved = OmegaConf.create({"seed": 0, "agent": {"lr": 0.1}})
+    now = OmegaConf.create({"seed": 0, "agent": {"lr": 0.1}, "torch_threads": 1, "resume": True})
+    assert config_diff(saved, now) == []
+    now.agent.lr = 0.2
+    assert config_diff(saved, now) == ["agent.lr: 0.1 (run) vs 0.2 (now)"]
+
+
+def test_training_loops_run_torch_on_the_configured_threads(tmp_path: Path) -> None:
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from pbrl.loops.online import PreferenceLoop
+
+    before = torch.get_num_threads()
+    with initialize_config_module("pbrl.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=fast", "log.progress=none"])
+    assert cfg.torch_threads == 1  # the default: see pbrl/threads.py
+    try:
+        torch.set_num_threads(2)
+        loop = PreferenceLoop(cfg, tmp_path / "run")
+        loop.close()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -29,6 +29,7 @@ import torch
 from pbrl.checkpoint import Checkpointed
 from pbrl.loops.feedback import FeedbackRounds
 from pbrl.metrics import add_gif, evaluate
+from pbrl.threads import set_torch_threads
 
 
 class OnlineLoop(FeedbackRounds, Checkpointed):
@@ -41,8 +42,10 @@ class OnlineLoop(FeedbackRounds, Checkpointed):
     def _seed_all(self, seed: int) -> None:
         """Seed Python, NumPy and torch, and make the loop's two generators.
 
+        Also applies the config's ``torch_threads`` (:func:`pbrl.threads.set_torch_threads`).
         ``rng`` selects queries; ``eval_rng`` is for metrics only and never steers learning.
         """
+        set_torch_threads(self.cfg.get("torch_threads", 1))
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)

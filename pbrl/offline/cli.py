@@ -38,6 +38,7 @@ from pbrl.offline.dataset import DatasetError
 from pbrl.offline.evaluate import evaluate_offline
 from pbrl.offline.oppo import OPPOAgent, OPPOConfig
 from pbrl.offline.piql import PIQLAgent, PIQLConfig
+from pbrl.threads import set_torch_threads
 
 ALGOS: tuple[str, ...] = ("cpl", "piql", "oppo")
 
@@ -68,6 +69,7 @@ class OfflineRun(Checkpointed):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(str(cfg.device))
         seed = int(cfg.seed)
+        set_torch_threads(cfg.get("torch_threads", 1))
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
