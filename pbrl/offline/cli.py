@@ -312,6 +312,7 @@ def _make(cfg: DictConfig) -> None:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
+    set_torch_threads(c.get("torch_threads", 1))  # the SAC oracle's training
     try:
         make_dataset(
             env=c["env"],
