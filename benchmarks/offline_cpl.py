@@ -2,15 +2,21 @@
 (CPL paper, State-2.5k-Dense setting, Meta-World drawer-open), at a scale a CPU allows.
 
 1. ``pbrl-dataset make env=mw_drawer_open policy=scripted mode=rank ...``: Meta-World's
-   scripted expert with Gaussian action noise (a stand-in for the paper's SAC oracle, which
-   would take ~1M SAC steps to train here), 64-step segments, one ranking of all segments by
-   a score label (``--labels expert_logprob``, the default: CPL's preference model with the
-   scripted expert as ``pi*``, i.e. ``sum_t -||mu*(s_t) - a_t||^2``; ``return``: the true
-   segment return, which on this dense-reward task ranks segments by how far the episode has
-   progressed rather than by how well they act; ``regret`` needs a SAC critic).
+   scripted expert with Gaussian action noise (the default; a stand-in for the paper's SAC
+   oracle), 64-step segments, one ranking of all segments by a score label
+   (``--labels expert_logprob``, the default: CPL's preference model with the scripted expert
+   as ``pi*``, i.e. ``sum_t -||mu*(s_t) - a_t||^2``; ``return``: the true segment return,
+   which on this dense-reward task ranks segments by how far the episode has progressed
+   rather than by how well they act). The paper's protocol is ``--policy sac-oracle
+   --oracle-steps N --labels regret --noise 0.3``: SB3 SAC trained here for ``N`` steps (the
+   paper: 1M; fewer steps give a more sub-optimal oracle), rolled out with noise, segments
+   ranked by the oracle critic's regret ``rl_sum``; the oracle's own noiseless success rate is
+   measured and reported.
 2. ``pbrl-offline dataset=<file> agent=cpl|sft|piql seed=<s> ...`` for each seed, run in this
    process through the same code path as the CLI (:func:`pbrl.offline.cli.run`), with the
    smaller budget given on the command line (network width, batch, steps).
+   ``--cpl-lr`` sets the contrastive phase's lr apart from the BC phase's (``agent.cpl_lr``,
+   a scale-down device: the paper uses 1e-4 for both, over 200k BC steps).
 3. Success rate (any step of the episode successful) over ``--eval-episodes`` episodes at the
    end of training, mean ± std over seeds, beside the paper's numbers.
 
@@ -53,7 +59,9 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
     if args.lr is not None:
         common.append(f"agent.lr={args.lr}")
     if agent in ("cpl", "cpl_bc", "cpl_kl"):
-        return [*common, f"agent.bc_steps={args.bc_steps}", f"agent.warmup_steps={args.warmup}"]
+        lr2 = [] if args.cpl_lr is None else [f"agent.cpl_lr={args.cpl_lr}"]
+        return [*common, f"agent.bc_steps={args.bc_steps}", f"agent.warmup_steps={args.warmup}",
+                *lr2]  # fmt: skip
     if agent == "sft":
         return common
     return [*common, f"agent.reward_hidden={h}", f"agent.reward_steps={args.reward_steps}",
@@ -71,7 +79,7 @@ def reuse_dataset(
     meta = json.loads(meta_path.read_text())
     want = {"env": env, "policy": policy, "labels": [args.labels], "mode": "rank",
             "segments": args.segments, "segment_size": 64, "noise": args.noise, "seed": 0,
-            "env_kwargs": env_kwargs}  # fmt: skip
+            "env_kwargs": env_kwargs, "oracle_steps": args.oracle_steps}  # fmt: skip
     if any(meta.get(k) != v for k, v in want.items()) or meta.get("episodes") != args.episodes:
         return None
     return MakeResult(
@@ -88,8 +96,19 @@ def reuse_dataset(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="mw_drawer_open")
-    p.add_argument("--policy", default=None, help="default: scripted (Meta-World), else random")
-    p.add_argument("--labels", default="expert_logprob")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="default: scripted (Meta-World), else random; sac-oracle: the paper's",
+    )
+    p.add_argument("--oracle-steps", type=int, default=0, help="SAC steps for sac-oracle")
+    p.add_argument(
+        "--oracle-eval-episodes",
+        type=int,
+        default=20,
+        help="noiseless episodes measuring a sac-oracle's own success rate",
+    )
+    p.add_argument("--labels", default="expert_logprob", help="sac-oracle: regret (paper's)")
     p.add_argument("--episodes", type=int, default=400)
     p.add_argument("--segments", type=int, default=2500, help="the paper's 2.5k (dense)")
     p.add_argument("--noise", type=float, default=0.5)
@@ -99,6 +118,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--bc-steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3, help="all agents (paper: 1e-4 / 3e-4)")
+    p.add_argument(
+        "--cpl-lr",
+        type=float,
+        default=None,
+        help="contrastive-phase lr of the CPL agents (default: --lr; paper 1e-4)",
+    )
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--reward-steps", type=int, default=300)
     p.add_argument("--hidden", type=int, default=256)
@@ -130,16 +155,23 @@ def main() -> None:
         f"episodes={args.episodes} segments={args.segments} segment_size=64 noise={args.noise} "
         f"+env_kwargs.max_episode_steps={args.max_episode_steps} keep_sim_state=false out={ds}"
     )
+    if policy == "sac-oracle":
+        make_cmd = make_cmd.replace(" mode=", f" oracle_steps={args.oracle_steps} mode=")
     t0 = time.perf_counter()
     made = reuse_dataset(ds, args.env, policy, args, env_kwargs)
     if made is None:
         made = make_dataset(args.env, ds, policy=policy, labels=[args.labels], mode="rank",
                             episodes=args.episodes, segments=args.segments, segment_size=64,
                             noise=args.noise, num_envs=4, env_kwargs=env_kwargs,
-                            keep_sim_state=False)  # fmt: skip
+                            keep_sim_state=False, oracle_steps=args.oracle_steps)  # fmt: skip
     else:
         print(f"reusing {ds} (same settings in {ds.with_suffix('.json')})")
     t_data = time.perf_counter() - t0
+    oracle = None
+    if policy == "sac-oracle":
+        oracle = oracle_success(ds.with_name(ds.stem + "_oracle.zip"), args, env_kwargs)
+        print(f"oracle (no noise, {args.oracle_eval_episodes} episodes): success "
+              f"{oracle[0]:.2f}, mean return {oracle[1]:.0f}")  # fmt: skip
     results: dict[str, list[dict[str, float]]] = {a: [] for a in args.agents}
     walls: dict[str, list[float]] = {a: [] for a in args.agents}
     base = [f"dataset={ds}", f"num_steps={args.steps}", f"eval.every={args.steps + 1}",
@@ -159,7 +191,18 @@ def main() -> None:
                   f"({walls[agent][-1]:.0f}s)", flush=True)  # fmt: skip
     (work / "results.json").write_text(json.dumps(results, indent=2))
     if args.write_results:
-        write(args, policy, make_cmd, made, t_data, results, walls, fallback, agent_overrides)
+        write(args, policy, make_cmd, made, t_data, results, walls, fallback, agent_overrides,
+              oracle)  # fmt: skip
+
+
+def oracle_success(path: Path, args: argparse.Namespace, env_kwargs: dict) -> tuple[float, float]:
+    """Success rate and mean return of the saved SAC oracle, deterministic, no action noise
+    (episodes seeded from 10_000, apart from the dataset's)."""
+    from pbrl.offline.dataset import collect, load_sb3, sb3_policy
+
+    ro = collect(args.env, sb3_policy(load_sb3(path)), args.oracle_eval_episodes, noise=0.0,
+                 num_envs=4, seed=10_000, env_kwargs=env_kwargs, keep_sim_state=False)  # fmt: skip
+    return float(ro.success.mean()), float(ro.episode_returns().mean())
 
 
 def rank_start_correlation(path: Path) -> float:
@@ -174,7 +217,7 @@ def rank_start_correlation(path: Path) -> float:
     return float(stats.spearmanr(pos, z["start"][0]).statistic)
 
 
-def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf, oracle) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
     mw = args.env.startswith("mw_")
     metric = "eval/success_rate" if mw else "eval/true_return"
     scale = 100.0 if mw else 1.0
@@ -192,7 +235,15 @@ def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf) -
     lines += [
         f"Dataset ({t_data:.0f} s): `{make_cmd}` -> {made.episodes} episodes "
         f"(mean return {made.mean_episode_return:.0f}, success {100 * made.success_rate:.0f} %), "
-        f"{made.segments} segments x 64 steps in one ranking by `{args.labels}`. Spearman "
+        f"{made.segments} segments x 64 steps in one ranking by `{args.labels}`. "
+        + (
+            ""
+            if oracle is None
+            else f"The SAC oracle itself ({args.oracle_steps} SAC steps; paper 1M), deterministic "
+            f"and without noise: success {100 * oracle[0]:.0f} % over {args.oracle_eval_episodes} "
+            f"episodes (mean return {oracle[1]:.0f}). "
+        )
+        + "Spearman "
         f"correlation of a segment's rank (best first) with its start step in the episode: "
         f"{rank_start_correlation(made.path):+.2f} (near 0: the labels do not favour a phase of "
         "the task; strongly negative: late segments rank first).",
@@ -255,7 +306,15 @@ def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf) -
         f"(CPL {args.bc_steps} BC + {args.steps - args.bc_steps} CPL; P-IQL {args.reward_steps} "
         f"reward + {args.steps - args.reward_steps} IQL with {args.transition_batch} transitions "
         f"per step), batch {args.batch} x 64, {args.hidden} x 2 networks, learning rate "
-        f"{args.lr} for every agent (paper: 1e-4 CPL/SFT, 3e-4 P-IQL), {args.segments} "
+        f"{args.lr} for every agent (paper: 1e-4 CPL/SFT, 3e-4 P-IQL)"
+        + (
+            ""
+            if args.cpl_lr is None
+            else f" except CPL's contrastive phase at {args.cpl_lr} (`agent.cpl_lr`, not in the "
+            "paper: a scale-down device, the compressed BC phase at the higher lr, the "
+            "contrastive phase at the paper's lr)"
+        )
+        + f", {args.segments} "
         f"segments from {made.episodes} episodes of the {policy} policy with noise {args.noise}, "
         f"`{args.labels}` labels, {len(args.seeds)} seeds, {args.eval_episodes} evaluation "
         f"episodes: a pipeline check at {100 * args.steps / 500_000:.1g} % of the paper's "

@@ -13,7 +13,10 @@ ordered pair (:func:`cpl_score_loss`).
 
 Training (``research/algs/cpl.py`` of jhejna/cpl): ``bc_steps`` steps of BC only, then the
 optimiser is re-created and a linear learning-rate warm-up starts with the contrastive loss
-(plus ``bc_coeff`` x BC). Variants by configuration:
+(plus ``bc_coeff`` x BC). The re-created optimiser uses ``cpl_lr`` when set, else ``lr``
+(the reference uses one lr for both phases; ``cpl_lr`` is a scale-down device: a compressed BC
+phase at a higher lr, then the contrastive phase at the paper's 1e-4). Variants by
+configuration:
 
 - CPL (``pbrl/configs/offline/agent/cpl.yaml``): alpha 0.1, lambda 0.5, no BC term;
 - CPL-BC: ``bc_coeff`` 1, lambda 1;
@@ -178,7 +181,10 @@ class CPLConfig:
         bc_coeff: weight of the BC term added to the contrastive loss.
         bc_data: ``all`` segments or only the preferred ones (``pos``) in the BC term.
         bc_steps: BC-only pre-training steps before the contrastive loss.
-        lr: Adam learning rate.
+        lr: Adam learning rate (BC phase; also the contrastive phase unless ``cpl_lr``).
+        cpl_lr: Adam learning rate of the optimiser re-created at the BC -> contrastive switch;
+            None: ``lr`` (the reference). Not in the paper: a scale-down device for short
+            runs (a compressed BC phase at a higher lr, the contrastive phase at the paper's lr).
         warmup_steps: linear learning-rate warm-up after the switch to the contrastive loss.
         hidden: actor hidden layers.
         dropout: actor dropout.
@@ -196,6 +202,7 @@ class CPLConfig:
     bc_data: str = "all"
     bc_steps: int = 200_000
     lr: float = 1e-4
+    cpl_lr: float | None = None
     warmup_steps: int = 10_000
     hidden: tuple[int, ...] = field(default=(512, 512))
     dropout: float = 0.25
@@ -218,6 +225,8 @@ class CPLConfig:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {list(LOSSES)}")
         if self.actor not in ACTORS:
             raise ValueError(f"unknown actor {self.actor!r}; valid: {list(ACTORS)}")
+        if self.cpl_lr is not None and not self.cpl_lr > 0:
+            raise ValueError(f"cpl_lr must be > 0 or null, got {self.cpl_lr}")
         if self.bc_steps < 0 or self.warmup_steps < 0:
             raise ValueError("bc_steps and warmup_steps must be >= 0")
         if self.kl and self.bc_steps == 0 and self.loss == "cpl":
@@ -265,9 +274,10 @@ class CPLAgent:
         self.sched: torch.optim.lr_scheduler.LambdaLR | None = None
         self.obs_dim, self.act_dim = obs_dim, act_dim
 
-    def _new_optim(self) -> torch.optim.Adam:
+    def _new_optim(self, lr: float | None = None) -> torch.optim.Adam:
         fused = self.cfg.fused_adam and (self.device.type in ("cpu", "cuda"))
-        return torch.optim.Adam(self.actor.parameters(), lr=self.cfg.lr, fused=fused)
+        lr = self.cfg.lr if lr is None else lr
+        return torch.optim.Adam(self.actor.parameters(), lr=lr, fused=fused)
 
     # --- scores -------------------------------------------------------------------------
     def step_logprob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -338,13 +348,13 @@ class CPLAgent:
         return stats
 
     def start_contrastive(self) -> None:
-        """End of BC: re-create the optimiser, start the warm-up, freeze the KL reference."""
+        """End of BC: new optimiser (at ``cpl_lr`` if set), warm-up, frozen KL reference."""
         self.contrastive = True
         if self.cfg.kl:
             self.ref = copy.deepcopy(self.actor).eval()
             for p in self.ref.parameters():
                 p.requires_grad_(False)
-        self.optim = self._new_optim()
+        self.optim = self._new_optim(self.cfg.cpl_lr)
         self.sched = self._warmup(self.optim)
 
     def _warmup(self, optim: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

@@ -125,6 +125,27 @@ def test_bc_then_contrastive_resets_optimiser_and_warms_up(rng: np.random.Genera
     assert lrs == pytest.approx([1e-2 * k / 4 for k in (2, 3, 4)] + [1e-2] * 3)
 
 
+def test_cpl_lr_sets_the_optimiser_recreated_at_the_switch(rng: np.random.Generator) -> None:
+    cfg = CPLConfig(bc_steps=2, warmup_steps=2, hidden=(16,), lr=1e-2, cpl_lr=1e-4,
+                    fused_adam=False)  # fmt: skip
+    agent = CPLAgent(3, 2, cfg)
+    batch = _batch(rng)
+    assert agent.optim.param_groups[0]["lr"] == pytest.approx(1e-2)  # BC phase: lr
+    for step in range(2):
+        agent.update(batch, step)
+    assert agent.contrastive
+    assert agent.optim.param_groups[0]["initial_lr"] == pytest.approx(1e-4)
+    assert agent.optim.param_groups[0]["lr"] == pytest.approx(0.5e-4)  # warm-up: 1/2 of cpl_lr
+    agent.update(batch, 2)
+    assert agent.optim.param_groups[0]["lr"] == pytest.approx(1e-4)  # warmed up: cpl_lr
+    # a checkpoint restores the contrastive optimiser at cpl_lr
+    other = CPLAgent(3, 2, cfg)
+    other.load_state_dict(agent.state_dict())
+    assert other.optim.param_groups[0]["lr"] == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="cpl_lr"):
+        CPLConfig(cpl_lr=0.0)
+
+
 def test_cpl_kl_scores_relative_to_frozen_bc_policy(rng: np.random.Generator) -> None:
     cfg = CPLConfig(bc_steps=2, kl=True, alpha=0.2, bias=0.75, hidden=(16,), fused_adam=False)
     agent = CPLAgent(3, 2, cfg)
