@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -25,3 +30,48 @@ def tb_scalars(run_dir: Path) -> dict[str, list[float]]:
         for tag in acc.Tags()["scalars"]:
             out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
     return out
+
+
+@contextlib.contextmanager
+def labeller_client(run_dir: Path, url: str, stop: threading.Event) -> Iterator[Any]:
+    """An ``httpx`` client of the run's first labeller (their token from
+    ``run_dir/human/tokens.json``), once the labelling page at ``url`` answers."""
+    import httpx
+
+    from pbrl.human.tokens import TokenRegistry
+
+    tokens = Path(run_dir) / "human" / "tokens.json"
+    while not tokens.exists() and not stop.is_set():
+        time.sleep(0.05)
+    token = TokenRegistry(tokens).labellers()[0].token
+    with httpx.Client(base_url=url, params={"token": token}, timeout=60) as c:
+        while not stop.is_set():  # the token is issued before the server listens
+            try:
+                if c.get("/api/health").is_success:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield c
+
+
+def served_queries(c: Any, stop: threading.Event) -> Iterator[dict]:
+    """Each query the page serves this client, until ``stop`` or the run closes the page."""
+    import httpx
+
+    while not stop.is_set():
+        try:
+            q = c.get("/api/next", params={"wait": 0.2}).json()["query"]
+        except httpx.TransportError:
+            return  # the run closed the page when it had its answers
+        if q is not None:
+            yield q
+
+
+def fetch_clip(c: Any, url: str, tries: int = 200) -> Any:
+    """The response for a clip, asked again while the page is still rendering it (503)."""
+    for _ in range(tries):
+        r = c.get(url)
+        if r.status_code != 503:
+            break
+        time.sleep(0.05)
+    return r

@@ -9,13 +9,12 @@ import io
 import json
 import math
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from support import free_port
+from support import fetch_clip, free_port, labeller_client, served_queries
 
 from pbrl import envs as pbrl_envs
 from pbrl.envs.qd import (
@@ -181,41 +180,20 @@ def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict, domain:
     candidate whose red disc (the arm's end effector, the maze robot's final position) is
     nearer the reference's, as drawn from the stored states."""
     import av
-    import httpx
 
-    from pbrl.human.tokens import TokenRegistry
-
-    tokens = run_dir / "human" / "tokens.json"
-    while not tokens.exists() and not stop.is_set():
-        time.sleep(0.05)
-    token = TokenRegistry(tokens).labellers()[0].token
-    store = FeedbackStore(run_dir / "feedback.sqlite")
     try:
-        with httpx.Client(base_url=url, params={"token": token}, timeout=60) as c:
-            while not stop.is_set():  # the token is issued before the server listens
-                try:
-                    if c.get("/api/health").is_success:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            while not stop.is_set():
-                try:
-                    q = c.get("/api/next", params={"wait": 0.2}).json()["query"]
-                except httpx.TransportError:
-                    break  # the run closed the page when it finished
-                if q is None:
-                    continue
+        with (
+            labeller_client(run_dir, url, stop) as c,
+            FeedbackStore(run_dir / "feedback.sqlite") as store,
+        ):
+            for q in served_queries(c, stop):
                 assert q["kind"] == "triplet" and q["renderable"], q["reason"]
                 assert "measure" not in json.dumps(q)  # the hidden answer is never shown
                 assert [cl["role"] for cl in q["clips"]] == ["reference", "left", "right"]
                 state = store.get_query(q["id"]).segments.sim_state[:, 0]  # (3, D)
                 ee, pixels = where_drawn(domain, state, 64)
                 for cl in q["clips"]:  # the pictures, drawn from the stored postures
-                    for _ in range(200):
-                        r = c.get(cl["url"])
-                        if r.status_code != 503:  # 503: still rendering
-                            break
-                        time.sleep(0.05)
+                    r = fetch_clip(c, cl["url"])
                     assert r.status_code == 200 and r.content[4:8] == b"ftyp", r.text[:200]
                     with av.open(io.BytesIO(r.content)) as f:
                         frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
@@ -232,8 +210,6 @@ def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict, domain:
                 seen.setdefault("closer", {})[q["id"]] = closer
     except Exception as err:  # noqa: BLE001 - reported by the test
         seen["error"] = repr(err)
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("domain", ["arm", "maze"])

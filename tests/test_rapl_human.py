@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("pymunk")
 
-from support import free_port
+from support import fetch_clip, free_port, labeller_client, served_queries
 
 from pbrl import envs as pbrl_envs  # noqa: E402
 from pbrl.store import FeedbackStore  # noqa: E402
@@ -66,39 +65,18 @@ def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None
     """A person at the page: watches the three clips of each query and ranks them by how
     much of the task each video got done (its env return, read from the stored segments)."""
     import av
-    import httpx
 
-    from pbrl.human.tokens import TokenRegistry
-
-    tokens = run_dir / "human" / "tokens.json"
-    while not tokens.exists() and not stop.is_set():
-        time.sleep(0.05)
-    token = TokenRegistry(tokens).labellers()[0].token
-    store = FeedbackStore(run_dir / "feedback.sqlite")
     try:
-        with httpx.Client(base_url=url, params={"token": token}, timeout=60) as c:
-            while not stop.is_set():  # the token is issued before the server listens
-                try:
-                    if c.get("/api/health").is_success:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            while not stop.is_set():
-                try:
-                    q = c.get("/api/next", params={"wait": 0.2}).json()["query"]
-                except httpx.TransportError:
-                    break  # the run closed the page when alignment had its answers
-                if q is None:
-                    continue
+        with (
+            labeller_client(run_dir, url, stop) as c,
+            FeedbackStore(run_dir / "feedback.sqlite") as store,
+        ):
+            for q in served_queries(c, stop):
                 assert q["kind"] == "ranking" and q["k"] == 3 and q["renderable"], q["reason"]
                 seg = store.get_query(q["id"]).segments  # (3 members, T steps)
                 assert seg.env_name == "xmagical_sweep_longstick" and seg.sim_state is not None
                 for cl in q["clips"]:
-                    for _ in range(400):
-                        r = c.get(cl["url"])
-                        if r.status_code != 503:  # 503: still rendering
-                            break
-                        time.sleep(0.05)
+                    r = fetch_clip(c, cl["url"], tries=400)
                     assert r.status_code == 200 and r.content[4:8] == b"ftyp", r.text[:200]
                     with av.open(io.BytesIO(r.content)) as f:
                         frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
@@ -119,8 +97,6 @@ def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None
                 seen.setdefault("ranking", {})[q["id"]] = tuple(cl["member"] for cl in best_first)
     except Exception as err:  # noqa: BLE001 - reported by the test
         seen["error"] = repr(err)
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("reward", ["rapl", "rlhf"])

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
-from support import free_port
+from support import fetch_clip, free_port, labeller_client, served_queries
 
 from pbrl.morl.cli import check_teacher, run
 from pbrl.store import FeedbackStore
@@ -38,35 +37,15 @@ def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None
     """A person at the page: watches both clips of each query and prefers the one whose reward
     factors score higher under ``U`` (read from the store the page serves, as they would see it
     in the videos)."""
-    from pbrl.human.tokens import TokenRegistry
-
-    tokens = run_dir / "human" / "tokens.json"
-    while not tokens.exists() and not stop.is_set():
-        time.sleep(0.05)
-    token = TokenRegistry(tokens).labellers()[0].token
-    store = FeedbackStore(run_dir / "feedback.sqlite")
     try:
-        with httpx.Client(base_url=url, params={"token": token}, timeout=60) as c:
-            while not stop.is_set():  # the token is issued before the server listens
-                try:
-                    if c.get("/api/health").is_success:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            while not stop.is_set():
-                try:
-                    q = c.get("/api/next", params={"wait": 0.2}).json()["query"]
-                except httpx.TransportError:
-                    break  # the run closed the page after the tournament
-                if q is None:
-                    continue
+        with (
+            labeller_client(run_dir, url, stop) as c,
+            FeedbackStore(run_dir / "feedback.sqlite") as store,
+        ):
+            for q in served_queries(c, stop):
                 assert q["renderable"], q["reason"]
                 for clip in q["clips"]:  # the videos, rendered from the stored sim state
-                    for _ in range(200):
-                        r = c.get(clip["url"])
-                        if r.status_code != 503:  # 503: still rendering
-                            break
-                        time.sleep(0.05)
+                    r = fetch_clip(c, clip["url"])
                     assert r.status_code == 200 and r.content[4:8] == b"ftyp", r.text[:200]
                     seen["clips"] = seen.get("clips", 0) + 1
                 segs = store.get_query(q["id"]).segments
@@ -82,8 +61,6 @@ def labeller(run_dir: Path, url: str, stop: threading.Event, seen: dict) -> None
                 seen["answers"] = seen.get("answers", 0) + 1
     except Exception as err:  # noqa: BLE001 - reported by the test
         seen["error"] = repr(err)
-    finally:
-        store.close()
 
 
 def test_a_person_picks_the_front_policy_on_the_labelling_page(tmp_path: Path) -> None:
