@@ -204,46 +204,65 @@ class _ArmPosture(gym.Env):
         return self._obs(), objective, True, False, {"objective": objective}
 
 
-class QDArmEnv(PbrlEnv):
-    """QDHF's ``dof``-link planar arm (unit links) as a one-step :class:`PbrlEnv`.
+class _OneStepQDEnv(PbrlEnv):
+    """A one-step QD env whose simulator state is one 1-D vector, drawn as a still picture.
 
-    :meth:`render_state` draws any 1-D joint-angle vector (its length sets the number of
-    links), so stored postures of any ``dof`` render without knowing it in advance.
+    The inner env keeps the state in its attribute :attr:`_state_attr` (also the key of the
+    snapshot); :meth:`_draw` draws any such vector, whatever its length, so
+    :meth:`render_state` takes stored states without knowing the env's sizes in advance.
     """
 
     factor_names = ("objective",)
+    _state_attr: str
+    _state_desc: str  # what a state is, for the error on one that is not 1-D
 
-    def __init__(self, dof: int = 10) -> None:
-        if dof < 1:
-            raise ValueError(f"dof must be >= 1, got {dof}")
-        super().__init__(_ArmPosture(dof), max_episode_steps=1)
-        self._arm: _ArmPosture = self.env  # type: ignore[assignment]
+    def _draw(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - subclasses draw
 
     def _get_sim_state(self) -> np.ndarray:
-        return self._arm.theta.copy()
+        return getattr(self.env, self._state_attr).copy()
 
     def _factors(self, info: dict[str, Any]) -> dict[str, float]:
         return {"objective": float(info["objective"])}
 
     def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
-        return draw_arm(state, width, height)
+        return self._draw(state, width, height)
 
     def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:
-        """``(height, width, 3)`` uint8 picture of the joint angles ``state`` (any length)."""
+        """``(height, width, 3)`` uint8 picture of a stored 1-D ``state`` (any length)."""
         state = np.asarray(state, np.float64)
         if state.ndim != 1:
-            raise ValueError(f"an arm posture is 1-D joint angles, got shape {state.shape}")
-        return draw_arm(state, int(width), int(height))
+            raise ValueError(f"{self._state_desc}, got shape {state.shape}")
+        return self._draw(state, int(width), int(height))
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"theta": self._arm.theta.copy()}
+        return {self._state_attr: self._get_sim_state()}
 
     def _restore(self, snap: dict[str, Any]) -> None:
-        self._arm.theta = np.array(snap["theta"], np.float64)
+        setattr(self.env, self._state_attr, np.array(snap[self._state_attr], np.float64))
 
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
         """The objective itself."""
         return np.asarray(factors["objective"])
+
+
+class QDArmEnv(_OneStepQDEnv):
+    """QDHF's ``dof``-link planar arm (unit links) as a one-step :class:`PbrlEnv`.
+
+    Its state is the joint angles; :meth:`render_state` draws any 1-D joint-angle vector
+    (its length sets the number of links).
+    """
+
+    _state_attr = "theta"
+    _state_desc = "an arm posture is 1-D joint angles"
+
+    def __init__(self, dof: int = 10) -> None:
+        if dof < 1:
+            raise ValueError(f"dof must be >= 1, got {dof}")
+        super().__init__(_ArmPosture(dof), max_episode_steps=1)
+
+    def _draw(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
+        return draw_arm(state, width, height)
 
 
 class _MazeDrive(gym.Env):
@@ -277,43 +296,21 @@ class _MazeDrive(gym.Env):
         return self.trajectory.astype(np.float32), float(obj[0]), True, False, info
 
 
-class QDMazeEnv(PbrlEnv):
+class QDMazeEnv(_OneStepQDEnv):
     """QDHF's maze robot as a one-step :class:`PbrlEnv` whose state is the trajectory.
 
     :meth:`render_state` draws any trajectory (flattened ``(2 T,)``), whatever its length.
     """
 
-    factor_names = ("objective",)
+    _state_attr = "trajectory"
+    _state_desc = "a maze state is a flattened (T, 2) trajectory"
 
     def __init__(self, episode_length: int = 250, hidden: int = 8) -> None:
         super().__init__(_MazeDrive(episode_length, hidden), max_episode_steps=1)
-        self._maze: _MazeDrive = self.env  # type: ignore[assignment]
+        self._walls = self.env.domain.walls  # type: ignore[attr-defined]
 
-    def _get_sim_state(self) -> np.ndarray:
-        return self._maze.trajectory.copy()
-
-    def _factors(self, info: dict[str, Any]) -> dict[str, float]:
-        return {"objective": float(info["objective"])}
-
-    def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
-        return draw_maze(state, width, height, walls=self._maze.domain.walls)
-
-    def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:
-        """``(height, width, 3)`` uint8 picture of the flattened trajectory ``state``."""
-        state = np.asarray(state, np.float64)
-        if state.ndim != 1:
-            raise ValueError(f"a maze state is a flattened (T, 2) trajectory, got {state.shape}")
-        return draw_maze(state, int(width), int(height), walls=self._maze.domain.walls)
-
-    def _snapshot(self) -> dict[str, Any]:
-        return {"trajectory": self._maze.trajectory.copy()}
-
-    def _restore(self, snap: dict[str, Any]) -> None:
-        self._maze.trajectory = np.array(snap["trajectory"], np.float64)
-
-    def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The objective itself."""
-        return np.asarray(factors["objective"])
+    def _draw(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
+        return draw_maze(state, width, height, walls=self._walls)
 
 
 def register_suite(register: Any) -> None:
