@@ -84,22 +84,13 @@ def draw_arm(theta: np.ndarray, width: int, height: int) -> np.ndarray:
     # links: pixels within half the line width of a segment
     half = max(1.0, size / 128.0)
     for a, b in zip(pts[:-1], pts[1:], strict=True):
-        d = b - a
-        len2 = float(d @ d)
-        t = ((rows - a[0]) * d[0] + (cols - a[1]) * d[1]) / len2 if len2 > 0 else 0.0
-        t = np.clip(t, 0.0, 1.0)
-        dist = np.hypot(rows - (a[0] + t * d[0]), cols - (a[1] + t * d[1]))
-        img[dist <= half] = ARM_COLOUR
-
-    def disc(p: np.ndarray, r: float, colour: np.ndarray) -> None:
-        img[np.hypot(rows - p[0], cols - p[1]) <= r] = colour
-
+        _stroke(img, a, b, half, ARM_COLOUR)
     for p in pts[1:-1]:
-        disc(p, 1.5 * half, JOINT_COLOUR)
+        _disc(img, p, 1.5 * half, JOINT_COLOUR)
     b = 2.5 * half
     base = (np.abs(rows - pts[0][0]) <= b) & (np.abs(cols - pts[0][1]) <= b)
     img[base] = BASE_COLOUR
-    disc(pts[-1], max(2.0, 3.0 * half), EFFECTOR_COLOUR)
+    _disc(img, pts[-1], max(2.0, 3.0 * half), EFFECTOR_COLOUR)
     return img
 
 
