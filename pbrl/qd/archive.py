@@ -39,12 +39,21 @@ class GridArchive:
     ):
         self._set_grid(dims, lower, upper)
         self.solution_dim = int(solution_dim)
-        self.occupied = np.zeros(self.cells, bool)
-        self.objective = np.full(self.cells, -np.inf)
-        self.solutions = np.zeros((self.cells, self.solution_dim))
-        self.measures = np.zeros((self.cells, len(self.dims)))
         self.extra_dim = int(extra_dim)
-        self.extras = np.zeros((self.cells, self.extra_dim))
+        store = self._empty_store()
+        self.occupied, self.objective = store["occupied"], store["objective"]
+        self.solutions, self.measures = store["solutions"], store["measures"]
+        self.extras = store["extras"]
+
+    def _empty_store(self) -> dict[str, np.ndarray]:
+        """The per-cell arrays of an empty archive (every backend's dense layout)."""
+        return {
+            "occupied": np.zeros(self.cells, bool),
+            "objective": np.full(self.cells, -np.inf),
+            "solutions": np.zeros((self.cells, self.solution_dim)),
+            "measures": np.zeros((self.cells, len(self.dims))),
+            "extras": np.zeros((self.cells, self.extra_dim)),
+        }
 
     def _set_grid(
         self,

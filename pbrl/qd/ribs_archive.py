@@ -73,13 +73,7 @@ class RibsGridArchive(GridArchive):
                 fields.append("extras")
             data = self.ribs.data(fields, return_type="dict")
             idx = np.asarray(data["index"], np.int64)
-            d = {
-                "occupied": np.zeros(self.cells, bool),
-                "objective": np.full(self.cells, -np.inf),
-                "solutions": np.zeros((self.cells, self.solution_dim)),
-                "measures": np.zeros((self.cells, len(self.dims))),
-                "extras": np.zeros((self.cells, self.extra_dim)),
-            }
+            d = self._empty_store()
             d["occupied"][idx] = True
             d["objective"][idx] = data["objective"]
             d["solutions"][idx] = data["solution"]
