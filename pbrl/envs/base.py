@@ -34,6 +34,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.error import ResetNeeded
+from gymnasium.wrappers import OrderEnforcing, TimeLimit
 
 RENDER_QUALITIES = ("fast", "full")
 """``render_quality`` of the MuJoCo-based suites.
@@ -135,6 +137,11 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         # set_reward_weights: ((factor, weight), ...) and the bias; None = the true reward.
         self._weights: tuple[tuple[str, float], ...] | None = None
         self._bias = 0.0
+        # The step of the env under gymnasium's TimeLimit / OrderEnforcing, found at each
+        # reset (None before the first): this layer counts steps and truncates itself, so
+        # those two wrappers' per-step calls are skipped (their resets still run).
+        self._inner_step: Any = None
+        self._inner_limit: float = math.inf
 
     @property
     def reward_weights(self) -> dict[str, float] | None:
@@ -191,8 +198,24 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         if n < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {n}")
         self._truncate_at = int(n)
-        self._truncate_after = self._truncate_at
+        self._truncate_after = min(self._truncate_at, self._inner_limit)
         self.max_episode_steps = min(self.max_episode_steps, int(n))
+
+    def _find_inner_step(self) -> None:
+        """Point ``_inner_step`` under the standard TimeLimit / OrderEnforcing wrappers.
+
+        Only those two exact classes are skipped (subclasses of them, or any other wrapper,
+        may do more and are stepped through); the tightest skipped time limit joins
+        ``_truncate_after``, so episodes end on the same step as through the wrappers.
+        """
+        env, limit = self.env, math.inf
+        while type(env) in (TimeLimit, OrderEnforcing):
+            if type(env) is TimeLimit and env._max_episode_steps is not None:
+                limit = min(limit, int(env._max_episode_steps))
+            env = env.env
+        self._inner_step, self._inner_limit = env.step, limit
+        own = math.inf if self._truncate_at is None else self._truncate_at
+        self._truncate_after = min(own, limit)
 
     # --- hooks ------------------------------------------------------------------------
     @abc.abstractmethod
@@ -234,6 +257,7 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
         """Reset; ``info["sim_state"]`` is the initial state."""
         obs, info = self.env.reset(seed=seed, options=options)
+        self._find_inner_step()
         self._state = self._get_sim_state()
         self._ep_return, self._ep_len = 0.0, 0
         if self._columns is None:
@@ -250,7 +274,12 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         """
         # This runs once per env step of every run, so it is kept lean: on the cheapest
         # MuJoCo tasks (~25 us a step) each microsecond here is 4 % (benchmarks/env_speed.py).
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        inner = self._inner_step
+        if inner is None:
+            raise ResetNeeded(
+                f"Cannot call {type(self).__name__}.step() before calling reset(); reset it first"
+            )
+        obs, reward, terminated, truncated, info = inner(action)
         reward = float(reward)
         factors = self._factors(info)
         success = self._success(info) if self._has_success else None
@@ -307,6 +336,7 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         self._state = None if snap["state"] is None else np.array(snap["state"])
         self._ep_return = float(snap["ep_return"])
         self._ep_len = int(snap["ep_len"])
+        self._find_inner_step()  # a restored episode can be stepped without a reset
 
 
 def state_reader(model: Any, data: Any, sig: int) -> Any:

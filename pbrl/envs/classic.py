@@ -146,7 +146,8 @@ class PendulumEnv(PbrlEnv):
             "state": np.array(self._pend.state, np.float64),
             "last_u": self._pend.last_u,
             "np_random": self._pend.np_random.bit_generator.state,
-            "elapsed": self._limit._elapsed_steps,
+            # this layer counts the steps (it steps under the TimeLimit: base.py)
+            "elapsed": self._ep_len,
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:

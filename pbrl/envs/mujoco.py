@@ -175,7 +175,8 @@ class GymMujocoEnv(PbrlEnv):
         return {
             "data": pickle.dumps(self._data),
             "np_random": self.env.unwrapped.np_random.bit_generator.state,
-            "elapsed": self._limit._elapsed_steps,
+            # this layer counts the steps (it steps under the TimeLimit: base.py)
+            "elapsed": self._ep_len,
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:

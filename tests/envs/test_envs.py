@@ -213,6 +213,45 @@ def test_checkpoint_keeps_time_limit_and_episode_statistics() -> None:
     c.close()
 
 
+@pytest.mark.parametrize("name", ["halfcheetah", "pendulum"])
+def test_stepping_under_the_time_limit_wrappers_matches_stepping_through_them(name: str) -> None:
+    """pbrl steps the env under gymnasium's TimeLimit/OrderEnforcing and truncates itself:
+    same observations, rewards and ending step as gym.make's stack, and the same refusals."""
+    from gymnasium.error import ResetNeeded
+    from gymnasium.wrappers import OrderEnforcing, TimeLimit
+
+    from pbrl.envs.classic import PendulumEnv
+    from pbrl.envs.mujoco import make_locomotion
+
+    # a task whose own limit (gym.make's TimeLimit) is 30 steps
+    env = make_locomotion(name, max_episode_steps=30) if name != "pendulum" else PendulumEnv(
+        max_episode_steps=30)  # fmt: skip
+    raw = env.env  # gym.make's stack, stepped through its wrappers
+    assert {type(raw), type(raw.env)} == {TimeLimit, OrderEnforcing}
+    with pytest.raises(ResetNeeded, match="before calling reset"):
+        env.step(env.action_space.sample())  # refused before any reset, as OrderEnforcing does
+    obs, _ = env.reset(seed=4)
+    assert env._inner_step.__self__ is env.unwrapped  # the two wrappers' steps are skipped
+    acts = _actions(env, 30, seed=1)
+    # env and raw share one simulator: raw steps from a snapshot, then env from the same one
+    for t, act in enumerate(acts, start=1):
+        snap = env.get_env_state()
+        raw._elapsed_steps = t - 1  # gym.make's own count, as if it had made every step
+        o2, r2, term2, trunc2, _ = raw.step(act)
+        env.set_env_state(snap)
+        o, r, term, trunc, info = env.step(act)
+        np.testing.assert_array_equal(o, o2)
+        assert (r, term, trunc) == (r2, term2, trunc2) and trunc == (t == 30)
+    assert info["episode"]["l"] == 30
+    # a pbrl limit above the task's keeps the task's; one below it cuts sooner
+    for limit, end in ((10**6, 30), (12, 12)):
+        env.set_max_episode_steps(limit)
+        env.reset(seed=0)
+        ends = [env.step(a)[3] for a in acts[:end]]
+        assert ends == [False] * (end - 1) + [True]
+    env.close()
+
+
 def test_dm_control_episode_is_1000_steps_and_truncates() -> None:
     env = envs.make_env("cheetah_run", seed=0)
     assert env.max_episode_steps == 1000
