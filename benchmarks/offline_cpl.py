@@ -64,6 +64,8 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
                 *lr2]  # fmt: skip
     if agent == "sft":
         return common
+    if agent == "bc_all":  # control: SFT's BC on every segment, preferred or not
+        return ["agent=sft", *common[1:], "agent.bc_data=all"]
     return [*common, f"agent.reward_hidden={h}", f"agent.reward_steps={args.reward_steps}",
             f"agent.transition_batch={args.transition_batch}"]  # fmt: skip
 
@@ -79,7 +81,10 @@ def reuse_dataset(
     meta = json.loads(meta_path.read_text())
     want = {"env": env, "policy": policy, "labels": [args.labels], "mode": "rank",
             "segments": args.segments, "segment_size": 64, "noise": args.noise, "seed": 0,
-            "env_kwargs": env_kwargs, "oracle_steps": args.oracle_steps}  # fmt: skip
+            "env_kwargs": env_kwargs, "oracle_steps": args.oracle_steps,
+            "distractor": args.distractor}  # fmt: skip
+    if args.distractor is not None:
+        want["distractor_fraction"] = args.distractor_fraction
     if any(meta.get(k) != v for k, v in want.items()) or meta.get("episodes") != args.episodes:
         return None
     return MakeResult(
@@ -109,6 +114,13 @@ def main() -> None:
         help="noiseless episodes measuring a sac-oracle's own success rate",
     )
     p.add_argument("--labels", default="expert_logprob", help="sac-oracle: regret (paper's)")
+    p.add_argument(
+        "--distractor",
+        default=None,
+        help="a second policy driving a share of the episodes (pbrl-dataset make's distractor=, "
+        "e.g. scripted:drawer-close-v3): mixed-quality data where BC on all segments fails",
+    )
+    p.add_argument("--distractor-fraction", type=float, default=0.7)
     p.add_argument("--episodes", type=int, default=400)
     p.add_argument("--segments", type=int, default=2500, help="the paper's 2.5k (dense)")
     p.add_argument("--noise", type=float, default=0.5)
@@ -157,13 +169,20 @@ def main() -> None:
     )
     if policy == "sac-oracle":
         make_cmd = make_cmd.replace(" mode=", f" oracle_steps={args.oracle_steps} mode=")
+    if args.distractor is not None:
+        make_cmd = make_cmd.replace(
+            " mode=",
+            f" distractor={args.distractor} distractor_fraction={args.distractor_fraction} mode=",
+        )
     t0 = time.perf_counter()
     made = reuse_dataset(ds, args.env, policy, args, env_kwargs)
     if made is None:
         made = make_dataset(args.env, ds, policy=policy, labels=[args.labels], mode="rank",
                             episodes=args.episodes, segments=args.segments, segment_size=64,
                             noise=args.noise, num_envs=4, env_kwargs=env_kwargs,
-                            keep_sim_state=False, oracle_steps=args.oracle_steps)  # fmt: skip
+                            keep_sim_state=False, oracle_steps=args.oracle_steps,
+                            distractor=args.distractor,
+                            distractor_fraction=args.distractor_fraction)  # fmt: skip
     else:
         print(f"reusing {ds} (same settings in {ds.with_suffix('.json')})")
     t_data = time.perf_counter() - t0
@@ -222,7 +241,8 @@ def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf, o
     metric = "eval/success_rate" if mw else "eval/true_return"
     scale = 100.0 if mw else 1.0
     paper = PAPER.get(args.env, {})
-    names = {"cpl": "CPL", "cpl_bc": "CPL-BC", "cpl_kl": "CPL-KL", "sft": "SFT", "piql": "P-IQL"}
+    names = {"cpl": "CPL", "cpl_bc": "CPL-BC", "cpl_kl": "CPL-KL", "sft": "SFT", "piql": "P-IQL",
+             "bc_all": "BC-all (control)"}  # fmt: skip
     lines = [
         SECTION,
         "",

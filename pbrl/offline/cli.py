@@ -334,6 +334,8 @@ def _make(cfg: DictConfig) -> None:
             env_kwargs=dict(c["env_kwargs"] or {}),
             teacher_kwargs=dict(c["teacher"] or {}),
             device=resolve_device(str(c["device"])),
+            distractor=None if c.get("distractor") is None else str(c["distractor"]),
+            distractor_fraction=float(c.get("distractor_fraction", 0.5)),
         )
     except (DatasetError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)

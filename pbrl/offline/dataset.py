@@ -5,7 +5,8 @@ The recipe (CPL, Hejna et al. 2024, ``scripts/create_comparison_dataset.py`` and
 
 1. **Roll out** a sub-optimal policy (an SB3 checkpoint, a SAC oracle trained here on the true
    reward when asked, or uniform random actions) with Gaussian action noise, in lock-step over
-   several environments (:func:`collect`).
+   several environments (:func:`collect`); optionally a ``distractor`` policy drives a share
+   of the episodes (mixed-quality data, where cloning everything does not recover the task).
 2. **Cut segments** of ``H`` steps uniformly over all valid windows (:func:`cut_segments`).
 3. **Label** them with one or more label sources (:data:`LABEL_SOURCES`):
 
@@ -94,6 +95,8 @@ class Rollouts:
         success: ``(E,)`` bool, whether the task's success flag was ever set (False when the
             task has none).
         env_name: registry name.
+        distractor: ``(E,)`` bool, whether the distractor policy drove the episode (all False
+            when :func:`collect` had none).
     """
 
     obs: np.ndarray
@@ -105,6 +108,7 @@ class Rollouts:
     env_id: np.ndarray
     success: np.ndarray
     env_name: str
+    distractor: np.ndarray | None = None
 
     @property
     def num_episodes(self) -> int:
@@ -138,11 +142,18 @@ def collect(
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
     keep_sim_state: bool = True,
+    distractor: PolicyFn | None = None,
+    distractor_fraction: float = 0.0,
 ) -> Rollouts:
     """Roll out ``policy`` with Gaussian action noise until ``num_episodes`` episodes end.
 
     The envs run in lock-step and the policy is called once per step on all of them. Noise is
     added in the scaled action space and clipped to [-1, 1] (CPL: ``noise=0.3``).
+
+    With a ``distractor``, each episode is driven by it instead of ``policy`` with probability
+    ``distractor_fraction`` (drawn when the episode starts, from a generator of its own, so the
+    action noise is the same draw as without one): a mixed-quality dataset, like data pooled
+    from several demonstrators of whom some did something else.
 
     Args:
         env_name: a :mod:`pbrl.envs` registry name.
@@ -153,11 +164,17 @@ def collect(
         seed: seeds the envs and the noise.
         env_kwargs: passed to :func:`pbrl.envs.make_env` (e.g. ``max_episode_steps``).
         keep_sim_state: store the simulator states (needed to show clips to people).
+        distractor: a second batched policy that drives some episodes (see above).
+        distractor_fraction: probability, per episode, that the distractor drives it.
     """
     if num_episodes < 1:
         raise DatasetError(f"num_episodes must be >= 1, got {num_episodes}")
     if noise < 0:
         raise DatasetError(f"noise must be >= 0, got {noise}")
+    if not 0.0 <= distractor_fraction <= 1.0:
+        raise DatasetError(f"distractor_fraction must be in [0, 1], got {distractor_fraction}")
+    if distractor_fraction > 0 and distractor is None:
+        raise DatasetError(f"distractor_fraction={distractor_fraction} needs a distractor policy")
     kw = dict(env_kwargs or {})
     envs = [pbrl_envs.make_env(env_name, seed=seed + i, **kw) for i in range(num_envs)]
     rng = np.random.default_rng(seed)
@@ -166,11 +183,29 @@ def collect(
     names = tuple(envs[0].factor_names)
     n_reset = num_envs
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-    cur: list[dict[str, list]] = [_new_episode() for _ in envs]
-    done_eps: list[tuple[int, dict[str, list]]] = []
+    mix_rng = np.random.default_rng([seed, 2])
+    frac = distractor_fraction if distractor is not None else 0.0
+
+    def new_episode() -> dict[str, Any]:
+        ep = _new_episode()
+        ep["distractor"] = bool(frac > 0 and mix_rng.random() < frac)
+        return ep
+
+    cur: list[dict[str, Any]] = [new_episode() for _ in envs]
+    done_eps: list[tuple[int, dict[str, Any]]] = []
     try:
         while len(done_eps) < num_episodes:
-            act = np.asarray(policy(obs), np.float64).reshape(num_envs, -1)
+            by_d = np.array([ep["distractor"] for ep in cur], bool)
+            if by_d.all():
+                assert distractor is not None
+                act = np.asarray(distractor(obs), np.float64).reshape(num_envs, -1)
+            else:
+                act = np.asarray(policy(obs), np.float64).reshape(num_envs, -1)
+                if by_d.any():
+                    assert distractor is not None
+                    act[by_d] = np.asarray(distractor(obs[by_d]), np.float64).reshape(
+                        int(by_d.sum()), -1
+                    )
             if noise > 0:
                 act = act + noise * rng.standard_normal(act.shape)
             act = np.clip(act, -1.0, 1.0)
@@ -186,7 +221,7 @@ def collect(
                 ep["success"] = ep["success"] or bool(info.get("success", False))
                 if term or trunc:
                     done_eps.append((i, ep))
-                    cur[i] = _new_episode()
+                    cur[i] = new_episode()
                     o, _ = env.reset(seed=seed + n_reset)
                     n_reset += 1
                 obs[i] = o
@@ -208,6 +243,7 @@ def collect(
         env_id=np.array([i for i, _ in done_eps], np.int64),
         success=np.array([ep["success"] for _, ep in done_eps], bool),
         env_name=env_name,
+        distractor=np.array([ep["distractor"] for _, ep in done_eps], bool),
     )
 
 
@@ -268,12 +304,19 @@ def scripted_policy(env_name: str) -> PolicyFn:
     that pbrl's Meta-World envs return and answers actions in [-1, 1]. With action noise it
     is a sub-optimal oracle that needs no training (a stand-in for CPL's SAC oracle when none
     can be trained; it has no critic, so ``regret`` labels are not available with it).
+    ``env_name`` may also be any Meta-World task id (``"drawer-close-v3"``), for a policy
+    that does another task's job in this task's scene (a distractor: :func:`make_dataset`).
     """
     from pbrl.envs.metaworld import TASKS
 
-    if env_name not in TASKS:
+    if env_name in TASKS:
+        env_id = TASKS[env_name].env_id
+    elif env_name.endswith("-v3"):
+        env_id = env_name
+    else:
         raise DatasetError(
-            f"policy=scripted exists for the Meta-World tasks {sorted(TASKS)}, not {env_name!r}; "
+            f"policy=scripted exists for the Meta-World tasks {sorted(TASKS)} (or, as a "
+            f"distractor, any Meta-World id such as 'drawer-close-v3'), not {env_name!r}; "
             "use policy=random, sac-oracle or an SB3 .zip"
         )
     try:
@@ -284,16 +327,39 @@ def scripted_policy(env_name: str) -> PolicyFn:
             "docs/envs_metaworld.md describes"
         ) from err
 
-    stem = "".join(w.capitalize() for w in TASKS[env_name].env_id.removesuffix("-v3").split("-"))
+    stem = "".join(w.capitalize() for w in env_id.removesuffix("-v3").split("-"))
     cls = getattr(mw_policies, f"Sawyer{stem}V3Policy", None)
     if cls is None:
-        raise DatasetError(f"metaworld.policies has no scripted policy Sawyer{stem}V3Policy")
+        raise DatasetError(
+            f"metaworld.policies has no scripted policy Sawyer{stem}V3Policy (for {env_id!r})"
+        )
     expert = cls()
 
     def act(obs: np.ndarray) -> np.ndarray:
         return np.stack([np.clip(expert.get_action(o), -1.0, 1.0) for o in np.asarray(obs)])
 
     return act
+
+
+def distractor_policy(spec: str, env_name: str, act_dim: int, seed: int, device: str) -> PolicyFn:
+    """The distractor of :func:`make_dataset` from its spec (see its ``distractor`` argument)."""
+    if spec == "random":
+        return random_policy(act_dim, seed + 11)
+    if spec.startswith("scripted:"):
+        from pbrl.envs.metaworld import TASKS
+
+        if env_name not in TASKS:
+            raise DatasetError(
+                f"distractor={spec!r} is a Meta-World scripted policy; it reads the "
+                f"observations of Meta-World tasks {sorted(TASKS)}, not of {env_name!r}"
+            )
+        return scripted_policy(spec.removeprefix("scripted:"))
+    if spec in ("scripted", "sac-oracle"):
+        raise DatasetError(
+            f"distractor={spec!r} is not a distractor spec: use 'random', "
+            "'scripted:<Meta-World id>' (e.g. 'scripted:drawer-close-v3') or an SB3 .zip"
+        )
+    return sb3_policy(load_sb3(spec, device))
 
 
 def train_sac_oracle(
@@ -570,6 +636,8 @@ def make_dataset(
     teacher_kwargs: dict[str, Any] | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    distractor: str | None = None,
+    distractor_fraction: float = 0.5,
 ) -> MakeResult:
     """Roll out, cut, label and write one dataset (what ``pbrl-dataset make`` runs).
 
@@ -597,6 +665,13 @@ def make_dataset(
         teacher_kwargs: extra scripted-teacher arguments.
         device: torch device of the SB3 models.
         log: progress printer.
+        distractor: a second policy that drives a ``distractor_fraction`` share of the
+            episodes instead of ``policy`` (mixed-quality data: some demonstrators did another
+            thing): ``"random"``, ``"scripted:<Meta-World id>"`` (e.g.
+            ``"scripted:drawer-close-v3"``: another task's expert in this task's scene), or an
+            SB3 ``.zip``. ``expert_logprob`` labels still score against ``policy``; the
+            dataset's ``.json`` records which episodes and segments the distractor made.
+        distractor_fraction: probability, per episode, that the distractor drives it.
     """
     t0 = time.perf_counter()
     probe = pbrl_envs.make_env(env, seed=seed, **dict(env_kwargs or {}))
@@ -619,6 +694,12 @@ def make_dataset(
         model = load_sb3(policy, device)
         fn = sb3_policy(model)
     critic_model = load_sb3(critic, device) if critic else model
+    d_fn = None if distractor is None else distractor_policy(distractor, env, act_dim, seed, device)
+    if d_fn is not None and not 0.0 < distractor_fraction <= 1.0:
+        raise DatasetError(
+            f"distractor_fraction must be in (0, 1] when a distractor is given, got "
+            f"{distractor_fraction}; drop distractor= for data from the policy alone"
+        )
     if "expert_logprob" in labels and policy == "random":
         raise DatasetError(
             "expert_logprob labels score actions against the rollout policy's own noiseless "
@@ -631,7 +712,10 @@ def make_dataset(
             "policy=<SAC .zip> / policy=sac-oracle"
         )
 
-    ro = collect(env, fn, episodes, noise, num_envs, seed, env_kwargs, keep_sim_state)
+    ro = collect(
+        env, fn, episodes, noise, num_envs, seed, env_kwargs, keep_sim_state,
+        distractor=d_fn, distractor_fraction=distractor_fraction if d_fn is not None else 0.0,
+    )  # fmt: skip
     rets = ro.episode_returns()
     log(
         f"collected {ro.num_episodes} episodes, {len(ro.reward):,} steps, mean return "
@@ -639,6 +723,24 @@ def make_dataset(
     )
     rng = np.random.default_rng(seed + 1)
     seg, rows = cut_segments(ro, segments, segment_size, rng)
+    mix: dict[str, Any] = {}
+    if d_fn is not None:
+        assert ro.distractor is not None
+        seg_d = ro.distractor[np.searchsorted(ro.episode_start, rows, side="right") - 1]
+        d, p = ro.distractor, ~ro.distractor
+        mix = {
+            "distractor": distractor,
+            "distractor_fraction": distractor_fraction,
+            "distractor_episodes": int(d.sum()),
+            "success_rate_policy": float(ro.success[p].mean()) if p.any() else None,
+            "success_rate_distractor": float(ro.success[d].mean()) if d.any() else None,
+            "distractor_segments": [int(i) for i in np.flatnonzero(seg_d)],
+        }
+        log(
+            f"{int(d.sum())} of {ro.num_episodes} episodes by the distractor {distractor!r} "
+            f"(success {mix['success_rate_distractor']}), {int(seg_d.sum())} of {len(seg)} "
+            f"segments"
+        )
     scores: dict[str, np.ndarray] = {}
     if "regret" in labels:
         scores["regret"] = regret_scores(seg, critic_model, value_samples)
@@ -674,6 +776,7 @@ def make_dataset(
         "success_rate": float(ro.success.mean()),
         "label_counts": counts,
         "created": time.time(),
+        **mix,
     }
     n_rows = write_dataset(out, qb, fbs, meta)
     path = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")

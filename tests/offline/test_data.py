@@ -13,6 +13,7 @@ from pbrl.offline.data import BatchSampler, DatasetFormatError, PreferenceData, 
 from pbrl.offline.dataset import (
     DatasetError,
     Rollouts,
+    collect,
     future_return_scores,
     label_dataset,
     make_dataset,
@@ -237,3 +238,61 @@ def test_expert_logprob_labels_rank_by_distance_to_the_experts_actions(tmp_path:
     obs, act = z["obs"][0], z["actions"][0]
     mu = scripted_policy("mw_drawer_open")(obs.reshape(-1, obs.shape[-1])).reshape(act.shape)
     np.testing.assert_allclose(mu, act, atol=1e-6)
+
+
+def test_a_distractor_drives_its_share_of_episodes_and_is_recorded(tmp_path: Path) -> None:
+    pytest.importorskip("metaworld")
+    kw = {"max_episode_steps": 20}
+    opener, closer = scripted_policy("mw_drawer_open"), scripted_policy("drawer-close-v3")
+    ro = collect("mw_drawer_open", opener, 8, noise=0.0, num_envs=2, seed=3, env_kwargs=kw,
+                 keep_sim_state=False, distractor=closer, distractor_fraction=0.5)  # fmt: skip
+    assert ro.distractor is not None and 0 < ro.distractor.sum() < 8
+    for e in range(ro.num_episodes):
+        rows = slice(ro.episode_start[e], ro.episode_start[e + 1])
+        who = closer if ro.distractor[e] else opener
+        np.testing.assert_allclose(ro.actions[rows], who(ro.obs[rows]), atol=1e-6)
+    # the two experts disagree somewhere in every episode (else the test proves nothing)
+    first = slice(ro.episode_start[0], ro.episode_start[1])
+    assert np.abs(opener(ro.obs[first]) - closer(ro.obs[first])).max() > 0.1
+    # without a distractor the rollouts are the same draw as before the option existed
+    a = collect("mw_drawer_open", opener, 2, noise=0.3, num_envs=2, seed=3, env_kwargs=kw,
+                keep_sim_state=False)  # fmt: skip
+    b = collect("mw_drawer_open", opener, 2, noise=0.3, num_envs=2, seed=3, env_kwargs=kw,
+                keep_sim_state=False, distractor=closer, distractor_fraction=0.0)  # fmt: skip
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert b.distractor is not None and not b.distractor.any()
+
+    # make_dataset: the spec, the record in <out>.json, and expert_logprob against the policy
+    path = tmp_path / "mix.npz"
+    made = make_dataset("mw_drawer_open", path, policy="scripted", labels=["expert_logprob"],
+                        mode="rank", episodes=4, segments=16, segment_size=8, noise=0.0,
+                        num_envs=2, env_kwargs=kw, keep_sim_state=False, log=lambda s: None,
+                        distractor="scripted:drawer-close-v3", distractor_fraction=0.5)  # fmt: skip
+    import json
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["distractor"] == "scripted:drawer-close-v3" and meta["distractor_fraction"] == 0.5
+    d_seg = np.zeros(made.segments, bool)
+    d_seg[meta["distractor_segments"]] = True
+    z = np.load(path)
+    obs, act = z["obs"][0], z["actions"][0]
+    mu = opener(obs.reshape(-1, obs.shape[-1])).reshape(act.shape)
+    score = -np.square(mu - act).sum(axis=(1, 2))
+    np.testing.assert_allclose(score[~d_seg], 0.0, atol=1e-9)  # noiseless expert segments
+    assert (score[d_seg] <= 0).all() and d_seg.any() and (~d_seg).any()
+
+    for bad, msg in [("scripted", "not a distractor spec"), ("scripted:nope", "Meta-World"),
+                     ("/no/such.zip", "does not exist")]:  # fmt: skip
+        with pytest.raises(DatasetError, match=msg):
+            make_dataset("mw_drawer_open", tmp_path / "x.npz", policy="scripted",
+                         labels=["expert_logprob"], episodes=1, segments=2, segment_size=4,
+                         env_kwargs=kw, log=lambda s: None, distractor=bad)  # fmt: skip
+    with pytest.raises(DatasetError, match="distractor_fraction must be in"):
+        make_dataset("mw_drawer_open", tmp_path / "x.npz", policy="scripted",
+                     labels=["expert_logprob"], episodes=1, segments=2, segment_size=4,
+                     env_kwargs=kw, log=lambda s: None, distractor="random",
+                     distractor_fraction=1.5)  # fmt: skip
+    with pytest.raises(DatasetError, match="Meta-World scripted policy"):
+        make_dataset("hopper", tmp_path / "x.npz", policy="random", labels=["return"],
+                     episodes=1, segments=2, segment_size=4, log=lambda s: None,
+                     distractor="scripted:drawer-close-v3")  # fmt: skip
