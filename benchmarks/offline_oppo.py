@@ -2,12 +2,15 @@
 paper: D4RL hopper-medium-replay; D4RL is not available, so the data are ours), at a scale a
 CPU allows.
 
-1. ``pbrl-dataset make env=hopper policy=<random | sac-oracle oracle_steps=N | SB3 .zip>
-   mode=pairs labels=[future_return] foresee=200 segment_size=20 ...``: the behaviour policy
-   rolled out with action noise (``--policy sac-oracle --oracle-steps N`` trains a SAC first,
-   a "medium-replay"-grade policy for small ``N``; the default ``random`` needs no training),
-   20-step segments, pairs labelled by OPPO's scripted score (the true return of the 200
-   steps from the segment's start).
+1. ``pbrl-dataset make env=hopper policy=<random | ppo-snapshots | sac-oracle | SB3 .zip>
+   oracle_steps=N mode=pairs labels=[future_return] foresee=200 segment_size=20 ...``: the
+   behaviour policy rolled out with action noise. ``--policy ppo-snapshots --oracle-steps N
+   --snapshots K`` trains SB3 PPO for ``N`` steps and rolls out ``K`` evenly spaced snapshots
+   of it, untrained to last, one drawn per episode: data of every quality a learning agent
+   passes through, like D4RL's medium-replay (a SAC agent's buffer up to medium
+   performance), from a learner cheap enough for a CPU. ``sac-oracle`` trains a SAC first;
+   ``random`` needs no training. 20-step segments, pairs labelled by OPPO's scripted score
+   (the true return of the 200 steps from the segment's start).
 2. ``pbrl-offline dataset=<file> agent=oppo|sft|piql agent.mode=comparison seed=<s> ...``
    (BC = ``agent=sft agent.bc_data=all``: behaviour cloning on every segment), run in this
    process through the CLI's code path (:func:`pbrl.offline.cli.run`).
@@ -102,7 +105,10 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--policy", default="random", help="random | sac-oracle | <SB3 .zip>")
-    p.add_argument("--oracle-steps", type=int, default=0, help="SAC steps for sac-oracle")
+    p.add_argument(
+        "--oracle-steps", type=int, default=0, help="SAC (sac-oracle) or PPO (ppo-snapshots) steps"
+    )
+    p.add_argument("--snapshots", type=int, default=6, help="ppo-snapshots: checkpoints kept")
     p.add_argument("--episodes", type=int, default=400)
     p.add_argument("--segments", type=int, default=2000)
     p.add_argument("--noise", type=float, default=0.3)
@@ -127,14 +133,16 @@ def main() -> None:
     ds = work / "hopper.npz"
     make_cmd = (
         f"pbrl-dataset make env=hopper policy={args.policy} oracle_steps={args.oracle_steps} "
-        f"mode=pairs labels=[future_return] foresee=200 segment_size=20 episodes={args.episodes} "
-        f"segments={args.segments} noise={args.noise} keep_sim_state=false out={ds}"
+        + (f"snapshots={args.snapshots} " if args.policy == "ppo-snapshots" else "")
+        + "mode=pairs labels=[future_return] foresee=200 segment_size=20 "
+        f"episodes={args.episodes} segments={args.segments} noise={args.noise} "
+        f"keep_sim_state=false out={ds}"
     )
     t0 = time.perf_counter()
     made = make_dataset("hopper", ds, policy=args.policy, oracle_steps=args.oracle_steps,
                         labels=["future_return"], mode="pairs", foresee=200, segment_size=20,
                         episodes=args.episodes, segments=args.segments, noise=args.noise,
-                        num_envs=4, keep_sim_state=False)  # fmt: skip
+                        num_envs=4, keep_sim_state=False, snapshots=args.snapshots)  # fmt: skip
     t_data = time.perf_counter() - t0
     base = [f"dataset={ds}", "teacher_id=future_return", f"num_steps={args.steps}",
             f"eval.every={args.steps + 1}", f"eval.episodes={args.eval_episodes}",
@@ -207,12 +215,22 @@ def write(args, make_cmd, made, t_data, results, walls, cosines) -> None:  # typ
             f"the bottom decile {fmt(bot, 1.0, 2)} (mean ± std over seeds); z* is closer to the "
             f"top decile in {closer} of {len(cosines)} seeds (the issue's check).",
         ]
-    why = (
-        " (a SAC behaviour policy, as in medium-replay, did not fit the CPU budget: SB3 SAC ran "
-        "at a few steps/s on this shared machine)"
-        if args.policy == "random"
-        else ""
-    )
+    why = ""
+    if args.policy == "random":
+        why = (
+            " (a SAC behaviour policy, as in medium-replay, did not fit the CPU budget: SB3 SAC "
+            "ran at a few steps/s on this shared machine)"
+        )
+    elif args.policy == "ppo-snapshots":
+        meta = json.loads(made.path.with_suffix(".json").read_text())
+        per = ", ".join(
+            f"{normalise(r):.1f}" for r in meta.get("policy_mean_return", []) if r is not None
+        )
+        why = (
+            f" ({args.snapshots} snapshots of SB3 PPO trained here for {args.oracle_steps:,} "
+            f"steps on the true reward, untrained to last, one drawn per episode; D4RL-normalised "
+            f"mean return of each snapshot's episodes: {per})"
+        )
     lines += [
         "",
         "Paper: the method notes carry no verified table values for OPPO, only its relative "

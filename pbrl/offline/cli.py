@@ -317,7 +317,9 @@ def _make(cfg: DictConfig) -> None:
         make_dataset(
             env=c["env"],
             out=c["out"],
-            policy=str(c["policy"]),
+            policy=[str(x) for x in c["policy"]]
+            if isinstance(c["policy"], list)
+            else str(c["policy"]),
             labels=list(c["labels"]),
             mode=c["mode"],
             episodes=int(c["episodes"]),
@@ -336,6 +338,7 @@ def _make(cfg: DictConfig) -> None:
             device=resolve_device(str(c["device"])),
             distractor=None if c.get("distractor") is None else str(c["distractor"]),
             distractor_fraction=float(c.get("distractor_fraction", 0.5)),
+            snapshots=int(c.get("snapshots", 5)),
         )
     except (DatasetError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)

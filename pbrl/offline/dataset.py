@@ -97,6 +97,8 @@ class Rollouts:
         env_name: registry name.
         distractor: ``(E,)`` bool, whether the distractor policy drove the episode (all False
             when :func:`collect` had none).
+        driver: ``(E,)`` int, which of :func:`collect`'s policies drove the episode (index in
+            its ``policy`` sequence; the distractor comes after them).
     """
 
     obs: np.ndarray
@@ -109,6 +111,7 @@ class Rollouts:
     success: np.ndarray
     env_name: str
     distractor: np.ndarray | None = None
+    driver: np.ndarray | None = None
 
     @property
     def num_episodes(self) -> int:
@@ -135,7 +138,7 @@ def _unscale(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarra
 
 def collect(
     env_name: str,
-    policy: PolicyFn,
+    policy: PolicyFn | Sequence[PolicyFn],
     num_episodes: int,
     noise: float = 0.3,
     num_envs: int = 4,
@@ -153,11 +156,13 @@ def collect(
     With a ``distractor``, each episode is driven by it instead of ``policy`` with probability
     ``distractor_fraction`` (drawn when the episode starts, from a generator of its own, so the
     action noise is the same draw as without one): a mixed-quality dataset, like data pooled
-    from several demonstrators of whom some did something else.
+    from several demonstrators of whom some did something else. ``policy`` may also be a
+    sequence of policies (e.g. snapshots of one learning agent, for "replay"-style data): each
+    episode is driven by one of them, drawn uniformly when it starts.
 
     Args:
         env_name: a :mod:`pbrl.envs` registry name.
-        policy: batched policy on raw observations, returning scaled actions.
+        policy: batched policy on raw observations, returning scaled actions, or several.
         num_episodes: episodes to finish (the envs' unfinished episodes are dropped).
         noise: standard deviation of the Gaussian action noise.
         num_envs: env copies stepped together (seeded ``seed + i``).
@@ -183,28 +188,36 @@ def collect(
     names = tuple(envs[0].factor_names)
     n_reset = num_envs
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
+    drivers = [policy] if callable(policy) else list(policy)
+    if not drivers:
+        raise DatasetError("collect needs at least one policy")
+    n_pol = len(drivers)
+    if distractor is not None:
+        drivers.append(distractor)
     mix_rng = np.random.default_rng([seed, 2])
     frac = distractor_fraction if distractor is not None else 0.0
 
     def new_episode() -> dict[str, Any]:
         ep = _new_episode()
-        ep["distractor"] = bool(frac > 0 and mix_rng.random() < frac)
+        if frac > 0 and mix_rng.random() < frac:
+            ep["driver"] = n_pol  # the distractor
+        else:
+            ep["driver"] = int(mix_rng.integers(n_pol)) if n_pol > 1 else 0
         return ep
 
     cur: list[dict[str, Any]] = [new_episode() for _ in envs]
     done_eps: list[tuple[int, dict[str, Any]]] = []
     try:
         while len(done_eps) < num_episodes:
-            by_d = np.array([ep["distractor"] for ep in cur], bool)
-            if by_d.all():
-                assert distractor is not None
-                act = np.asarray(distractor(obs), np.float64).reshape(num_envs, -1)
+            who = np.array([ep["driver"] for ep in cur], np.int64)
+            if (who == who[0]).all():  # one policy for every env: one call
+                act = np.asarray(drivers[who[0]](obs), np.float64).reshape(num_envs, -1)
             else:
-                act = np.asarray(policy(obs), np.float64).reshape(num_envs, -1)
-                if by_d.any():
-                    assert distractor is not None
-                    act[by_d] = np.asarray(distractor(obs[by_d]), np.float64).reshape(
-                        int(by_d.sum()), -1
+                act = np.empty((num_envs, int(np.prod(space.shape))), np.float64)
+                for d in np.unique(who):
+                    rows = who == d
+                    act[rows] = np.asarray(drivers[d](obs[rows]), np.float64).reshape(
+                        int(rows.sum()), -1
                     )
             if noise > 0:
                 act = act + noise * rng.standard_normal(act.shape)
@@ -243,7 +256,8 @@ def collect(
         env_id=np.array([i for i, _ in done_eps], np.int64),
         success=np.array([ep["success"] for _, ep in done_eps], bool),
         env_name=env_name,
-        distractor=np.array([ep["distractor"] for _, ep in done_eps], bool),
+        distractor=np.array([ep["driver"] == n_pol for _, ep in done_eps], bool),
+        driver=np.array([ep["driver"] for _, ep in done_eps], np.int64),
     )
 
 
@@ -397,6 +411,59 @@ def train_sac_oracle(
     model = SAC("MlpPolicy", venv, seed=seed, device=device, verbose=0, **args)
     model.learn(total_timesteps=int(steps), progress_bar=False)
     return model
+
+
+def train_ppo_snapshots(
+    env_name: str,
+    steps: int,
+    snapshots: int,
+    prefix: str | Path,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu",
+    ppo_kwargs: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Train SB3 PPO on the env's true reward and save ``snapshots`` checkpoints on the way.
+
+    The snapshots are evenly spaced from the untrained policy (step 0) to the last step, so
+    rolling them all out gives the mix of qualities a learning agent's data has (D4RL's
+    "medium-replay" is a SAC agent's replay buffer up to medium performance; this is the same
+    idea with snapshots of a cheap on-policy learner). PPO: SB3's defaults (lr 3e-4, 2 x 64,
+    10 epochs of batch 64) on 4 envs x 512 steps per rollout; ``ppo_kwargs`` overrides them.
+
+    Returns:
+        The ``.zip`` paths ``<prefix>_<k>.zip``, first (untrained) to last.
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    if steps < 1 or snapshots < 2:
+        raise DatasetError(
+            f"policy='ppo-snapshots' trains PPO for oracle_steps >= 1 steps and keeps snapshots "
+            f">= 2 checkpoints (the untrained one and the last at least); got oracle_steps="
+            f"{steps}, snapshots={snapshots}"
+        )
+    kw = dict(env_kwargs or {})
+    venv = DummyVecEnv(
+        [lambda i=i: pbrl_envs.make_env(env_name, seed=seed + i, **kw) for i in range(4)]
+    )
+    args: dict[str, Any] = {"n_steps": 512, "batch_size": 64}
+    args.update(ppo_kwargs or {})
+    model = PPO("MlpPolicy", venv, seed=seed, device=device, verbose=0, **args)
+    paths, done = [], 0
+    for k in range(snapshots):
+        target = round(steps * k / (snapshots - 1))
+        if target > done:
+            model.learn(total_timesteps=target - done, reset_num_timesteps=False,
+                        progress_bar=False)  # fmt: skip
+            done = target
+        path = Path(f"{prefix}_{k}.zip")
+        model.save(path)
+        paths.append(path)
+        log(f"PPO snapshot {k} at {model.num_timesteps:,} steps -> {path}")
+    venv.close()
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,7 +685,7 @@ class MakeResult:
 def make_dataset(
     env: str,
     out: str | Path,
-    policy: str = "random",
+    policy: str | Sequence[str] = "random",
     labels: Sequence[str] = ("regret",),
     mode: str = "pairs",
     episodes: int = 100,
@@ -638,6 +705,7 @@ def make_dataset(
     log: Callable[[str], None] = print,
     distractor: str | None = None,
     distractor_fraction: float = 0.5,
+    snapshots: int = 5,
 ) -> MakeResult:
     """Roll out, cut, label and write one dataset (what ``pbrl-dataset make`` runs).
 
@@ -646,7 +714,12 @@ def make_dataset(
         out: dataset file to write (``.npz``).
         policy: ``"random"``, ``"scripted"`` (Meta-World's hand-written expert, ``mw_*`` tasks),
             ``"sac-oracle"`` (trains SB3 SAC on the true reward for ``oracle_steps`` steps
-            first, saved next to ``out``), or the path of an SB3 ``.zip``.
+            first, saved next to ``out``), the path of an SB3 ``.zip``, or a list of SB3
+            ``.zip`` paths (e.g. snapshots of one training run: each episode is driven by one,
+            drawn uniformly; "medium-replay"-style data of a learning agent; the ``.json``
+            records each one's episodes and mean return), or ``"ppo-snapshots"`` (trains SB3
+            PPO for ``oracle_steps`` steps and rolls out ``snapshots`` checkpoints of it, saved
+            as ``<out>_ppo_<k>.zip``: :func:`train_ppo_snapshots`).
         labels: label sources (:data:`LABEL_SOURCES`).
         mode: ``"pairs"`` or ``"rank"`` (see the module docstring).
         episodes: rollout episodes (CPL: 2500).
@@ -672,6 +745,7 @@ def make_dataset(
             SB3 ``.zip``. ``expert_logprob`` labels still score against ``policy``; the
             dataset's ``.json`` records which episodes and segments the distractor made.
         distractor_fraction: probability, per episode, that the distractor drives it.
+        snapshots: checkpoints kept by ``policy="ppo-snapshots"`` (>= 2).
     """
     t0 = time.perf_counter()
     probe = pbrl_envs.make_env(env, seed=seed, **dict(env_kwargs or {}))
@@ -679,7 +753,36 @@ def make_dataset(
     probe.close()
     out = Path(out)
     model = None
-    if policy == "random":
+    fn: PolicyFn | list[PolicyFn]
+    if not isinstance(policy, str):  # several SB3 snapshots: "replay"-style data
+        policy = [str(x) for x in policy]
+        if not policy:
+            raise DatasetError("policy is an empty list; give one policy or several SB3 .zip")
+        bad = [x for x in policy if x in ("random", "scripted", "sac-oracle", "ppo-snapshots")]
+        if bad:
+            raise DatasetError(
+                f"a policy list holds SB3 .zip checkpoints (e.g. snapshots of one training run), "
+                f"not {bad}"
+            )
+        if "expert_logprob" in labels:
+            raise DatasetError(
+                "expert_logprob labels score against one policy's noiseless action; with a "
+                "policy list, use return, future_return, regret (critic=) or a B-Pref teacher"
+            )
+        fn = [sb3_policy(load_sb3(x, device)) for x in policy]
+        log(f"rolling out {len(fn)} policies, one drawn per episode")
+    elif policy == "ppo-snapshots":
+        if "expert_logprob" in labels:
+            raise DatasetError(
+                "expert_logprob labels score against one policy's noiseless action; with "
+                "ppo-snapshots, use return, future_return or a B-Pref teacher"
+            )
+        log(f"training PPO on {env}'s true reward for {oracle_steps:,} steps ({snapshots} "
+            "snapshots)")  # fmt: skip
+        snaps = train_ppo_snapshots(env, oracle_steps, snapshots, out.with_name(out.stem + "_ppo"),
+                                    seed, env_kwargs, device, log=log)  # fmt: skip
+        fn = [sb3_policy(load_sb3(x, device)) for x in snaps]
+    elif policy == "random":
         fn = random_policy(act_dim, seed + 7)
     elif policy == "scripted":
         fn = scripted_policy(env)
@@ -724,6 +827,15 @@ def make_dataset(
     rng = np.random.default_rng(seed + 1)
     seg, rows = cut_segments(ro, segments, segment_size, rng)
     mix: dict[str, Any] = {}
+    if isinstance(fn, list):
+        assert ro.driver is not None
+        mix["policy_episodes"] = [int((ro.driver == k).sum()) for k in range(len(fn))]
+        mix["policy_mean_return"] = [
+            float(rets[ro.driver == k].mean()) if (ro.driver == k).any() else None
+            for k in range(len(fn))
+        ]
+        log("mean return per policy: " + ", ".join(
+            "-" if r is None else f"{r:.1f}" for r in mix["policy_mean_return"]))  # fmt: skip
     if d_fn is not None:
         assert ro.distractor is not None
         seg_d = ro.distractor[np.searchsorted(ro.episode_start, rows, side="right") - 1]
@@ -749,6 +861,7 @@ def make_dataset(
     if "future_return" in labels:
         scores["future_return"] = future_return_scores(ro, rows, foresee)
     if "expert_logprob" in labels:
+        assert callable(fn)  # a policy list was refused above
         scores["expert_logprob"] = expert_logprob_scores(seg, fn)
     qb, fbs = label_dataset(seg, labels, scores, mode, seed, teacher_kwargs)
     counts: dict[str, dict[str, int]] = {}
@@ -762,6 +875,7 @@ def make_dataset(
         "policy": policy,
         "critic": critic,
         "oracle_steps": oracle_steps,
+        **({"snapshots": snapshots} if policy == "ppo-snapshots" else {}),
         "labels": list(labels),
         "mode": mode,
         "episodes": ro.num_episodes,

@@ -296,3 +296,58 @@ def test_a_distractor_drives_its_share_of_episodes_and_is_recorded(tmp_path: Pat
         make_dataset("hopper", tmp_path / "x.npz", policy="random", labels=["return"],
                      episodes=1, segments=2, segment_size=4, log=lambda s: None,
                      distractor="scripted:drawer-close-v3")  # fmt: skip
+
+
+def test_a_policy_list_drives_each_episode_with_one_of_its_snapshots(tmp_path: Path) -> None:
+    import json
+
+    from stable_baselines3 import PPO
+
+    from pbrl import envs as pbrl_envs
+    from pbrl.offline.dataset import load_sb3, sb3_policy
+
+    env = pbrl_envs.make_env("hopper", seed=0)
+    zips = []
+    for k in range(3):  # three differently initialised "snapshots"
+        PPO("MlpPolicy", env, n_steps=64, seed=k, device="cpu").save(tmp_path / f"p{k}.zip")
+        zips.append(str(tmp_path / f"p{k}.zip"))
+    env.close()
+    fns = [sb3_policy(load_sb3(z)) for z in zips]
+    kw = {"max_episode_steps": 15}
+    ro = collect("hopper", fns, 9, noise=0.0, num_envs=3, seed=1, env_kwargs=kw,
+                 keep_sim_state=False)  # fmt: skip
+    assert ro.driver is not None and len(set(ro.driver.tolist())) > 1
+    assert ro.distractor is not None and not ro.distractor.any()
+    for e in range(ro.num_episodes):
+        rows = slice(ro.episode_start[e], ro.episode_start[e + 1])
+        np.testing.assert_allclose(ro.actions[rows], fns[ro.driver[e]](ro.obs[rows]), atol=1e-6)
+        other = fns[(ro.driver[e] + 1) % 3](ro.obs[rows])
+        assert np.abs(other - ro.actions[rows]).max() > 1e-3  # the snapshots differ
+
+    path = tmp_path / "replay.npz"
+    made = make_dataset("hopper", path, policy=zips, labels=["future_return"], mode="pairs",
+                        episodes=6, segments=8, segment_size=5, noise=0.1, num_envs=2,
+                        env_kwargs=kw, keep_sim_state=False, log=lambda s: None)  # fmt: skip
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["policy"] == zips and sum(meta["policy_episodes"]) == made.episodes == 6
+    for bad, msg in [([*zips, "random"], "a policy list holds SB3"), ([], "empty list")]:
+        with pytest.raises(DatasetError, match=msg):
+            make_dataset("hopper", tmp_path / "x.npz", policy=bad, labels=["return"],
+                         episodes=1, segments=2, segment_size=4, log=lambda s: None)  # fmt: skip
+    with pytest.raises(DatasetError, match="expert_logprob labels score against one policy"):
+        make_dataset("hopper", tmp_path / "x.npz", policy=zips, labels=["expert_logprob"],
+                     episodes=1, segments=2, segment_size=4, log=lambda s: None)  # fmt: skip
+
+    # ppo-snapshots: PPO trained here, its untrained and last checkpoints rolled out
+    made = make_dataset("hopper", tmp_path / "snap.npz", policy="ppo-snapshots",
+                        oracle_steps=2048, snapshots=2, labels=["future_return"], episodes=4,
+                        segments=4, segment_size=5, noise=0.0, num_envs=2, env_kwargs=kw,
+                        keep_sim_state=False, log=lambda s: None)  # fmt: skip
+    meta = json.loads((tmp_path / "snap.json").read_text())
+    assert meta["snapshots"] == 2 and len(meta["policy_episodes"]) == 2
+    first, last = (load_sb3(tmp_path / f"snap_ppo_{k}.zip") for k in (0, 1))
+    assert (first.num_timesteps, last.num_timesteps) == (0, 2048)
+    with pytest.raises(DatasetError, match="snapshots >= 2"):
+        make_dataset("hopper", tmp_path / "y.npz", policy="ppo-snapshots", oracle_steps=10,
+                     snapshots=1, labels=["return"], episodes=1, segments=2, segment_size=4,
+                     log=lambda s: None)  # fmt: skip
