@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pbrl.offline.data import PairBatch, ScoreBatch, stack_pairs
+from pbrl.offline.nn import FastDropout
 
 ACTORS: tuple[str, ...] = ("deterministic", "gaussian")
 LOSSES: tuple[str, ...] = ("cpl", "bc")
@@ -118,6 +119,7 @@ class CPLActor(nn.Module):
         kind: str = "deterministic",
         ortho_init: bool = True,
         log_std_bounds: tuple[float, float] = (-5.0, 2.0),
+        fast_dropout: bool = True,
     ) -> None:
         super().__init__()
         if kind not in ACTORS:
@@ -130,7 +132,7 @@ class CPLActor(nn.Module):
         for h in hidden:
             layers += [nn.Linear(d, h), nn.ReLU()]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(FastDropout(dropout) if fast_dropout else nn.Dropout(dropout))
             d = h
         out = act_dim * (2 if kind == "gaussian" else 1)
         layers.append(nn.Linear(d, out))
@@ -194,6 +196,8 @@ class CPLConfig:
         kl: CPL-KL: score log-probabilities relative to the frozen BC policy.
         ortho_init: orthogonal initialisation of the actor's linear layers.
         fused_adam: torch's fused Adam kernel (same update, faster step).
+        fast_dropout: :class:`~pbrl.offline.nn.FastDropout` (2-3x cheaper masks on a CPU)
+            instead of ``nn.Dropout`` (the same distribution, another random stream).
     """
 
     alpha: float = 0.1
@@ -212,6 +216,7 @@ class CPLConfig:
     kl: bool = False
     ortho_init: bool = True
     fused_adam: bool = True
+    fast_dropout: bool = True
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -266,8 +271,9 @@ class CPLAgent:
         self.device = torch.device(device)
         torch.manual_seed(seed)
         self.actor = CPLActor(
-            obs_dim, act_dim, cfg.hidden, cfg.dropout, cfg.actor, cfg.ortho_init
-        ).to(self.device)
+            obs_dim, act_dim, cfg.hidden, cfg.dropout, cfg.actor, cfg.ortho_init,
+            fast_dropout=cfg.fast_dropout,
+        ).to(self.device)  # fmt: skip
         self.ref: CPLActor | None = None
         self.contrastive = False  # True after the BC phase (never for loss="bc")
         self.optim = self._new_optim()

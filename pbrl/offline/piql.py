@@ -110,6 +110,7 @@ class PIQLConfig:
         cosine: cosine-anneal the actor's learning rate over the IQL phase.
         ortho_init: orthogonal initialisation of the actor.
         fused_adam: torch's fused Adam kernel.
+        fast_dropout: the actor's dropout by :class:`~pbrl.offline.nn.FastDropout`.
     """
 
     beta: float = 0.3333
@@ -128,6 +129,7 @@ class PIQLConfig:
     cosine: bool = True
     ortho_init: bool = True
     fused_adam: bool = True
+    fast_dropout: bool = True
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -187,8 +189,9 @@ class PIQLAgent:
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         self.actor = CPLActor(
-            obs_dim, act_dim, cfg.hidden, cfg.dropout, "deterministic", cfg.ortho_init
-        ).to(self.device)
+            obs_dim, act_dim, cfg.hidden, cfg.dropout, "deterministic", cfg.ortho_init,
+            fast_dropout=cfg.fast_dropout,
+        ).to(self.device)  # fmt: skip
         width, depth = cfg.hidden[0], len(cfg.hidden)
 
         def mlp(a_dim: int, members: int, w: int, d: int) -> RewardEnsemble:
