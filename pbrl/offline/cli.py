@@ -349,12 +349,15 @@ def dataset_main() -> None:
     """``pbrl-dataset make env=<name> out=<file> [key=value ...]``: build a dataset file."""
     args = sys.argv[1:]
     if not args or args[0] != "make":
+        asked = bool(args) and args[0] in ("-h", "--help")
         print(
-            "usage: pbrl-dataset make env=<name> out=<file.npz> [policy=random|sac-oracle|<sb3 "
-            ".zip>] [labels=[regret,oracle,...]] [mode=pairs|rank] [key=value ...]\n"
-            "(see pbrl/configs/offline/dataset.yaml for every key)",
-            file=sys.stderr,
+            "usage: pbrl-dataset make env=<name> out=<file.npz> [policy=random|scripted|"
+            "sac-oracle|ppo-snapshots|<sb3 .zip>|[<.zip>,...]] [labels=[regret,oracle,...]] "
+            "[mode=pairs|rank] [key=value ...]\n"
+            "(see pbrl/configs/offline/dataset.yaml for every key; `pbrl-dataset make --help` "
+            "lists them)",
+            file=sys.stdout if asked else sys.stderr,
         )
-        sys.exit(2)
+        sys.exit(0 if asked else 2)
     sys.argv = [sys.argv[0], *args[1:]]
     _make()

@@ -49,6 +49,10 @@ def test_dataset_make_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(SystemExit) as exc:
         dataset_main()
     assert exc.value.code == 2
+    monkeypatch.setattr(sys, "argv", ["pbrl-dataset", "--help"])  # asked for: usage, exit 0
+    with pytest.raises(SystemExit) as exc:
+        dataset_main()
+    assert exc.value.code == 0
     monkeypatch.setattr(sys, "argv", ["pbrl-dataset", "make", "env=hopper", "out=x.npz",
                                       "mode=rank", "labels=[oracle]", "episodes=2",
                                       "segment_size=2", "num_envs=1"])  # fmt: skip
