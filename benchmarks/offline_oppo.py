@@ -84,6 +84,7 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
         agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
         with np.load(dataset, allow_pickle=False) as z:
             mine = (z["teacher_id"] == "future_return") & (z["label"] >= 0)
+            labels = z["target"][mine].astype(np.float64)  # P(second preferred)
             obs = z["obs"][mine].reshape(-1, *z["obs"].shape[2:])
             act = z["actions"][mine].reshape(-1, *z["actions"].shape[2:])
             ret = z["true_reward"][mine].reshape(-1, z["true_reward"].shape[-1]).sum(-1)
@@ -93,13 +94,42 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
             torch.as_tensor(np.clip(act[:, :k], -1 + 1e-5, 1 - 1e-5), dtype=torch.float32),
         )
         zs = agent.z_star.detach()  # type: ignore[union-attr]
-        hi, lo = np.quantile(ret, 0.9), np.quantile(ret, 0.1)
         cos = torch.nn.functional.cosine_similarity
-        top = enc[torch.as_tensor(ret >= hi)].mean(0)
-        bottom = enc[torch.as_tensor(ret <= lo)].mean(0)
-        return {"top": float(cos(zs, top, dim=0)), "bottom": float(cos(zs, bottom, dim=0))}
+
+        def deciles(score: np.ndarray) -> tuple[float, float]:
+            hi, lo = np.quantile(score, 0.9), np.quantile(score, 0.1)
+            top = enc[torch.as_tensor(score >= hi)].mean(0)
+            bottom = enc[torch.as_tensor(score <= lo)].mean(0)
+            return float(cos(zs, top, dim=0)), float(cos(zs, bottom, dim=0))
+
+        out = dict(zip(("top", "bottom"), deciles(ret), strict=True))
+        label_score = future_return_of_rows(dataset, mine, labels)
+        if label_score is not None:  # by the labels' own score: what the teacher prefers
+            out.update(zip(("label_top", "label_bottom"), deciles(label_score), strict=True))
+        return out
     finally:
         loop.close()
+
+
+def future_return_of_rows(dataset: Path, mine: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """Each stored segment's ``future_return`` score (from ``<dataset>.json``), in the order of
+    the file's rows (row ``r`` = segments ``r`` and ``r + N/2``), or None when the file does not
+    record scores or the order does not reproduce its labels."""
+    meta_path = dataset.with_suffix(".json")
+    if not meta_path.exists():
+        return None
+    score = json.loads(meta_path.read_text()).get("segment_scores", {}).get("future_return")
+    if score is None:
+        return None
+    s = np.asarray(score, np.float64)
+    half = len(s) // 2
+    if len(labels) != half:
+        return None
+    first, second = s[:half], s[half:]
+    want = np.where(second > first, 1.0, np.where(second < first, 0.0, 0.5))
+    if not np.array_equal(want, labels):  # the row order is not the segment order
+        return None
+    return np.stack([first, second], axis=1).reshape(-1)
 
 
 def main() -> None:

@@ -891,6 +891,8 @@ def make_dataset(
         "label_counts": counts,
         "created": time.time(),
         **mix,
+        # each score label's per-segment score, in segment order (pairs: i vs i + N/2)
+        "segment_scores": {k: [float(x) for x in v] for k, v in scores.items()},
     }
     n_rows = write_dataset(out, qb, fbs, meta)
     path = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")

@@ -330,6 +330,11 @@ def test_a_policy_list_drives_each_episode_with_one_of_its_snapshots(tmp_path: P
                         env_kwargs=kw, keep_sim_state=False, log=lambda s: None)  # fmt: skip
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["policy"] == zips and sum(meta["policy_episodes"]) == made.episodes == 6
+    # each score label's per-segment scores, segment i vs i + N/2 in row i: they give its label
+    sc = np.asarray(meta["segment_scores"]["future_return"])
+    assert sc.shape == (8,)
+    z = np.load(path)
+    np.testing.assert_array_equal(z["target"], (sc[4:] > sc[:4]) + 0.5 * (sc[4:] == sc[:4]))
     for bad, msg in [([*zips, "random"], "a policy list holds SB3"), ([], "empty list")]:
         with pytest.raises(DatasetError, match=msg):
             make_dataset("hopper", tmp_path / "x.npz", policy=bad, labels=["return"],
