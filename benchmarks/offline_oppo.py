@@ -245,6 +245,19 @@ def write(args, make_cmd, made, t_data, results, walls, cosines) -> None:  # typ
             f"the bottom decile {fmt(bot, 1.0, 2)} (mean ± std over seeds); z* is closer to the "
             f"top decile in {closer} of {len(cosines)} seeds (the issue's check).",
         ]
+        if all("label_top" in c for c in cosines):
+            ltop = [c["label_top"] for c in cosines]
+            lbot = [c["label_bottom"] for c in cosines]
+            lcloser = sum(t > b for t, b in zip(ltop, lbot, strict=True))
+            lines += [
+                "",
+                "The same by the labels' own score (each segment's `future_return`, the true "
+                "return of the 200 steps from its start, recorded by `pbrl-dataset make`), i.e. "
+                "by what "
+                f"the teacher prefers: top decile {fmt(ltop, 1.0, 2)}, bottom decile "
+                f"{fmt(lbot, 1.0, 2)}; z* is closer to the top decile in {lcloser} of "
+                f"{len(cosines)} seeds.",
+            ]
     why = ""
     if args.policy == "random":
         why = (
