@@ -840,7 +840,7 @@ def make_dataset(
         assert ro.distractor is not None
         seg_d = ro.distractor[np.searchsorted(ro.episode_start, rows, side="right") - 1]
         d, p = ro.distractor, ~ro.distractor
-        mix = {
+        mix |= {
             "distractor": distractor,
             "distractor_fraction": distractor_fraction,
             "distractor_episodes": int(d.sum()),

@@ -335,6 +335,13 @@ def test_a_policy_list_drives_each_episode_with_one_of_its_snapshots(tmp_path: P
     assert sc.shape == (8,)
     z = np.load(path)
     np.testing.assert_array_equal(z["target"], (sc[4:] > sc[:4]) + 0.5 * (sc[4:] == sc[:4]))
+    # a policy list with a distractor records both
+    make_dataset("hopper", tmp_path / "both.npz", policy=zips, labels=["future_return"],
+                 mode="pairs", episodes=6, segments=8, segment_size=5, num_envs=2, env_kwargs=kw,
+                 keep_sim_state=False, log=lambda s: None, distractor="random",
+                 distractor_fraction=0.5)  # fmt: skip
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert sum(both["policy_episodes"]) + both["distractor_episodes"] == 6
     for bad, msg in [([*zips, "random"], "a policy list holds SB3"), ([], "empty list")]:
         with pytest.raises(DatasetError, match=msg):
             make_dataset("hopper", tmp_path / "x.npz", policy=bad, labels=["return"],
