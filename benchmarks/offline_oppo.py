@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from offline_common import command, fmt, machine, replace_section, run_offline
 
-from pbrl.offline.dataset import make_dataset
+from pbrl.data import Label
+from pbrl.offline.dataset import make_dataset, score_labels
 
 SECTION = "## Offline OPPO vs BC vs P-IQL: hopper preference dataset (issue 7)"
 D4RL_HOPPER = (-20.272305, 3234.3)  # D4RL REF_MIN_SCORE / REF_MAX_SCORE for hopper
@@ -103,7 +104,7 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
             return float(cos(zs, top, dim=0)), float(cos(zs, bottom, dim=0))
 
         out = dict(zip(("top", "bottom"), deciles(ret), strict=True))
-        label_score = future_return_of_rows(dataset, mine, labels)
+        label_score = future_return_of_rows(dataset, labels)
         if label_score is not None:  # by the labels' own score: what the teacher prefers
             out.update(zip(("label_top", "label_bottom"), deciles(label_score), strict=True))
         return out
@@ -111,7 +112,7 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
         loop.close()
 
 
-def future_return_of_rows(dataset: Path, mine: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+def future_return_of_rows(dataset: Path, labels: np.ndarray) -> np.ndarray | None:
     """Each stored segment's ``future_return`` score (from ``<dataset>.json``), in the order of
     the file's rows (row ``r`` = segments ``r`` and ``r + N/2``), or None when the file does not
     record scores or the order does not reproduce its labels."""
@@ -126,8 +127,9 @@ def future_return_of_rows(dataset: Path, mine: np.ndarray, labels: np.ndarray) -
     if len(labels) != half:
         return None
     first, second = s[:half], s[half:]
-    want = np.where(second > first, 1.0, np.where(second < first, 0.0, 0.5))
-    if not np.array_equal(want, labels):  # the row order is not the segment order
+    want = score_labels(first, second)  # Label: FIRST 0, SECOND 1, EQUAL 2 -> P(second)
+    # the row order is not the segment order when these do not reproduce the stored labels
+    if not np.array_equal(np.where(want == int(Label.EQUAL), 0.5, want), labels):
         return None
     return np.stack([first, second], axis=1).reshape(-1)
 

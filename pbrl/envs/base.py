@@ -198,7 +198,7 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         if n < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {n}")
         self._truncate_at = int(n)
-        self._truncate_after = min(self._truncate_at, self._inner_limit)
+        self._update_truncation()
         self.max_episode_steps = min(self.max_episode_steps, int(n))
 
     def _find_inner_step(self) -> None:
@@ -214,8 +214,12 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
                 limit = min(limit, int(env._max_episode_steps))
             env = env.env
         self._inner_step, self._inner_limit = env.step, limit
+        self._update_truncation()
+
+    def _update_truncation(self) -> None:
+        """``_truncate_after``: the tighter of this layer's limit and the skipped wrappers'."""
         own = math.inf if self._truncate_at is None else self._truncate_at
-        self._truncate_after = min(own, limit)
+        self._truncate_after = min(own, self._inner_limit)
 
     # --- hooks ------------------------------------------------------------------------
     @abc.abstractmethod

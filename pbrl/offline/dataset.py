@@ -123,6 +123,10 @@ class Rollouts:
         """``(E,)`` episode lengths."""
         return np.diff(self.episode_start)
 
+    def episode_of(self, rows: np.ndarray) -> np.ndarray:
+        """Episode index of each global row in ``rows``."""
+        return np.searchsorted(self.episode_start, rows, side="right") - 1
+
     def episode_returns(self) -> np.ndarray:
         """``(E,)`` undiscounted true return of each episode."""
         return np.add.reduceat(self.reward.astype(np.float64), self.episode_start[:-1])
@@ -552,7 +556,7 @@ def future_return_scores(ro: Rollouts, rows: np.ndarray, foresee: int = 200) -> 
     if foresee < 1:
         raise DatasetError(f"foresee must be >= 1, got {foresee}")
     csum = np.concatenate([[0.0], np.cumsum(ro.reward.astype(np.float64))])
-    ep = np.searchsorted(ro.episode_start, rows, side="right") - 1
+    ep = ro.episode_of(rows)
     end = np.minimum(rows + foresee, ro.episode_start[ep + 1])
     return csum[end] - csum[rows]
 
@@ -754,6 +758,12 @@ def make_dataset(
     out = Path(out)
     model = None
     fn: PolicyFn | list[PolicyFn]
+    if "expert_logprob" in labels and (not isinstance(policy, str) or policy == "ppo-snapshots"):
+        raise DatasetError(
+            "expert_logprob labels score against one policy's noiseless action; with a policy "
+            "list or ppo-snapshots, use return, future_return, regret (critic=) or a B-Pref "
+            "teacher"
+        )
     if not isinstance(policy, str):  # several SB3 snapshots: "replay"-style data
         policy = [str(x) for x in policy]
         if not policy:
@@ -764,19 +774,9 @@ def make_dataset(
                 f"a policy list holds SB3 .zip checkpoints (e.g. snapshots of one training run), "
                 f"not {bad}"
             )
-        if "expert_logprob" in labels:
-            raise DatasetError(
-                "expert_logprob labels score against one policy's noiseless action; with a "
-                "policy list, use return, future_return, regret (critic=) or a B-Pref teacher"
-            )
         fn = [sb3_policy(load_sb3(x, device)) for x in policy]
         log(f"rolling out {len(fn)} policies, one drawn per episode")
     elif policy == "ppo-snapshots":
-        if "expert_logprob" in labels:
-            raise DatasetError(
-                "expert_logprob labels score against one policy's noiseless action; with "
-                "ppo-snapshots, use return, future_return or a B-Pref teacher"
-            )
         log(f"training PPO on {env}'s true reward for {oracle_steps:,} steps ({snapshots} "
             "snapshots)")  # fmt: skip
         snaps = train_ppo_snapshots(env, oracle_steps, snapshots, out.with_name(out.stem + "_ppo"),
@@ -838,7 +838,7 @@ def make_dataset(
             "-" if r is None else f"{r:.1f}" for r in mix["policy_mean_return"]))  # fmt: skip
     if d_fn is not None:
         assert ro.distractor is not None
-        seg_d = ro.distractor[np.searchsorted(ro.episode_start, rows, side="right") - 1]
+        seg_d = ro.distractor[ro.episode_of(rows)]
         d, p = ro.distractor, ~ro.distractor
         mix |= {
             "distractor": distractor,
