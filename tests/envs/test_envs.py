@@ -7,6 +7,8 @@ and the dm_control reward formulas against dm_control's own ``rewards.tolerance`
 
 from __future__ import annotations
 
+import gc
+
 import gymnasium as gym
 import mujoco
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 
 from pbrl import envs
 from pbrl.envs import dmc
-from pbrl.envs.base import PbrlEnv, factor_reader, find_wrapper, state_reader
+from pbrl.envs.base import PbrlEnv, _time_view, factor_reader, find_wrapper, state_reader
 from pbrl.envs.dmc import render_physics
 from pbrl.envs.mujoco import LOCOMOTION
 
@@ -504,6 +506,34 @@ def test_state_reader_equals_mj_get_state() -> None:
     env.close()
 
 
+def test_time_view_tracks_the_struct_and_outlives_the_callers_reference() -> None:
+    body = '<body><joint type="slide"/><geom size=".1"/></body>'
+    xml = f"<mujoco><worldbody>{body}</worldbody></mujoco>"
+    model = mujoco.MjModel.from_xml_string(xml)
+    data = mujoco.MjData(model)
+    data.time = 0.25
+    view = _time_view(data)
+    assert view is not None and view.shape == (1,) and not view.flags.writeable
+    assert view[0] == data.time == 0.25  # the sentinels were written back
+    for _ in range(3):
+        mujoco.mj_step(model, data)
+        assert view[0] == data.time
+    sig = int(mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    read = state_reader(model, data, sig)
+    assert read.__name__ == "<lambda>"
+    want = np.empty(mujoco.mj_stateSize(model, sig))
+    mujoco.mj_getState(model, data, want, sig)
+    del data  # the reader keeps the mjData (whose struct the time view reads) alive
+    gc.collect()
+    np.testing.assert_array_equal(read(), want)
+
+    class NoAddress:  # bindings without ``_address``: no view, the caller uses mj_getState
+        qpos = np.zeros(1)
+        time = 0.0
+
+    assert _time_view(NoAddress()) is None
+
+
 _S = mujoco.mjtState
 
 
@@ -514,7 +544,9 @@ _S = mujoco.mjtState
         ("walker_walk", _S.mjSTATE_QPOS | _S.mjSTATE_QVEL | _S.mjSTATE_ACT, True),
         ("hopper", _S.mjSTATE_QPOS | _S.mjSTATE_QVEL | _S.mjSTATE_CTRL, True),
         ("hopper", _S.mjSTATE_QVEL | _S.mjSTATE_XFRC_APPLIED | _S.mjSTATE_WARMSTART, True),
-        ("hopper", _S.mjSTATE_FULLPHYSICS, False),  # the time is no array: mj_getState
+        ("hopper", _S.mjSTATE_FULLPHYSICS, True),  # the time is read from the struct
+        ("halfcheetah", _S.mjSTATE_FULLPHYSICS, True),
+        ("halfcheetah", _S.mjSTATE_TIME, True),
         ("mw_button_press", _S.mjSTATE_QPOS | _S.mjSTATE_EQ_ACTIVE, False),  # bytes
         ("mw_button_press", _S.mjSTATE_QPOS | _S.mjSTATE_MOCAP_POS | _S.mjSTATE_MOCAP_QUAT, True),
     ],
@@ -522,9 +554,9 @@ _S = mujoco.mjtState
 def test_state_reader_gather_matches_mj_get_state_while_stepping(
     name: str, sig: int, gathered: bool
 ) -> None:
-    # Without the time, the state is gathered from mjData's arrays by one index (a view
-    # over its buffer); it must equal mj_getState on every step, after a reset and after
-    # re-rendering and restoring (which copy whole mjData structs into the same buffer).
+    # The state is gathered from mjData's arrays (and the time from its struct) by one index
+    # (a view over its memory); it must equal mj_getState on every step, after a reset and
+    # after re-rendering and restoring (which copy whole mjData structs into the same memory).
     try:
         env = envs.make_env(name, seed=0)
     except envs.MissingExtraError as e:
