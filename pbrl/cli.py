@@ -128,21 +128,73 @@ def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
     return out
 
 
+ADDED_KEYS: dict[str, object] = {
+    # pbrl 0.1 (FastDropout, d495546): the offline agents' dropout; runs before it used
+    # torch's nn.Dropout, which draws its masks from another random stream
+    "agent.fast_dropout": False,
+}
+"""Config keys added after runs were saved, each with the value that makes a run saved before
+the key existed continue the way it ran (see :func:`adopt_added_keys`)."""
+
+_ABSENT = object()
+
+
+def adopt_added_keys(saved: DictConfig, current: DictConfig) -> list[str]:
+    """Continue a run saved before a key of :data:`ADDED_KEYS` existed as it ran.
+
+    For every such key missing from the run's ``saved`` config but present in ``current``
+    (the config composed now, which gives it today's default), both get the key's old
+    value, so :func:`config_diff` does not refuse the resume over it and the run goes on
+    computing what it computed before. Returns ``"key=value"`` for each key so adopted (to
+    tell the user); keys the run already records are left alone.
+    """
+    adopted = []
+    for key, old in ADDED_KEYS.items():
+        if OmegaConf.select(saved, key, default=_ABSENT) is not _ABSENT:
+            continue
+        if OmegaConf.select(current, key, default=_ABSENT) is _ABSENT:
+            continue
+        OmegaConf.update(saved, key, old, force_add=True)
+        OmegaConf.update(current, key, old, force_add=True)
+        adopted.append(f"{key}={old!r}")
+    return adopted
+
+
+def check_resumable(saved_path: Path, cfg: DictConfig, resume_hint: str) -> None:
+    """Refuse (:class:`ResumeError`) to resume the run saved at ``saved_path`` with ``cfg``.
+
+    The two configs must agree, after :func:`adopt_added_keys` (which may set keys of ``cfg``
+    to the values the run was made with, and says so on stderr).
+    """
+    run_dir = saved_path.parent
+    if not saved_path.exists():
+        raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
+    saved = OmegaConf.load(saved_path)
+    adopted = adopt_added_keys(saved, cfg)  # type: ignore[arg-type]
+    if adopted:
+        print(
+            f"note: {run_dir} was saved before "
+            + ", ".join(k.split("=")[0] for k in adopted)
+            + " existed; continuing it as it ran: "
+            + ", ".join(adopted),
+            file=sys.stderr,
+        )
+    diff = config_diff(saved, cfg)  # type: ignore[arg-type]
+    if diff:
+        raise ResumeError(
+            "refusing to resume with a different config; differing keys:\n  "
+            + "\n  ".join(diff)
+            + f"\nResume with the run's own settings ({resume_hint} {run_dir}) or start a new "
+            "run without resume=true."
+        )
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run (or resume) one training job in ``run_dir``; returns its final scalars."""
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if cfg.resume:
-        if not saved.exists():
-            raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
-        diff = config_diff(OmegaConf.load(saved), cfg)
-        if diff:
-            raise ResumeError(
-                "refusing to resume with a different config; differing keys:\n  "
-                + "\n  ".join(diff)
-                + f"\nResume with the run's own settings (pbrl-resume {run_dir}) or start a new "
-                "run without resume=true."
-            )
+        check_resumable(saved, cfg, "pbrl-resume")
     elif (run_dir / "checkpoint").exists():
         raise ResumeError(
             f"{run_dir} already holds a run; pass resume=true to continue it or choose another "

@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from pbrl import envs as pbrl_envs
 from pbrl.checkpoint import CHECKPOINT, Checkpointed
-from pbrl.cli import OVERRIDES, ResumeError, config_diff, prepare_argv
+from pbrl.cli import OVERRIDES, ResumeError, check_resumable, prepare_argv
 from pbrl.loops.online import RunError, resolve_device
 from pbrl.offline.cpl import CPLAgent, CPLConfig
 from pbrl.offline.data import BatchSampler, DatasetFormatError, PairBatch, load_preferences
@@ -253,16 +253,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if cfg.resume:
-        if not saved.exists():
-            raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
-        diff = config_diff(OmegaConf.load(saved), cfg)
-        if diff:
-            raise ResumeError(
-                "refusing to resume with a different config; differing keys:\n  "
-                + "\n  ".join(diff)
-                + f"\nResume with the run's own settings (pbrl-offline {run_dir}) or start a "
-                "new run without resume=true."
-            )
+        check_resumable(saved, cfg, "pbrl-offline")
     elif (run_dir / CHECKPOINT).exists():
         raise ResumeError(
             f"{run_dir} already holds a run; pass resume=true to continue it or choose another "

@@ -140,3 +140,42 @@ def test_resume_continues_bit_exactly(datasets: Path, tmp_path: Path) -> None:
     for (k, p), q in zip(straight.agent.actor.state_dict().items(),
                          second.agent.actor.state_dict().values(), strict=False):  # fmt: skip
         assert torch.equal(p, q), k
+
+
+def test_a_run_saved_before_fast_dropout_existed_resumes_as_it_ran(
+    datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from omegaconf import OmegaConf
+
+    from pbrl.offline.cli import run
+
+    def cfg(steps: int, *extra: str):  # type: ignore[no-untyped-def]
+        with initialize_config_module("pbrl.configs.offline", version_base="1.3"):
+            return compose("offline", [f"dataset={datasets / 'rank.npz'}", "teacher_id=return",
+                                       "experiment=fast", f"num_steps={steps}", "eval.every=1000",
+                                       "log.progress=none", *extra])  # fmt: skip
+
+    # what pbrl did before the key existed: torch's nn.Dropout, straight through 50 steps
+    straight = OfflineRun(cfg(50, "agent.fast_dropout=false"), tmp_path / "a")
+    straight.run()
+    straight.close()
+    # the same run stopped at step 25 (its checkpoint) by that pbrl, whose saved config has
+    # no such key
+    run(cfg(25, "agent.fast_dropout=false"), tmp_path / "b")
+    saved = OmegaConf.load(tmp_path / "b" / "config.yaml")
+    del saved.agent["fast_dropout"]
+    saved.num_steps = 50
+    OmegaConf.save(saved, tmp_path / "b" / "config.yaml")
+    # resumed now, when the composed config gives today's default (FastDropout)
+    now = cfg(50, "resume=true")
+    assert now.agent.fast_dropout is True
+    capsys.readouterr()
+    run(now, tmp_path / "b")
+    assert "continuing it as it ran: agent.fast_dropout=False" in capsys.readouterr().err
+    assert now.agent.fast_dropout is False
+    done = OfflineRun(now, tmp_path / "b")
+    assert done.try_resume() and done.step == 50
+    for (k, p), q in zip(straight.agent.actor.state_dict().items(),
+                         done.agent.actor.state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(p, q), k  # bit for bit: it went on with nn.Dropout
+    done.close()
