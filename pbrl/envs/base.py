@@ -400,7 +400,6 @@ def _gather_reader(model: Any, data: Any, sig: int) -> Any | None:
     layout — :func:`state_reader` then calls ``mj_getState``.
     """
     import mujoco
-    from numpy.lib.stride_tricks import as_strided
 
     if sig >> len(_STATE_FIELDS) + 1:
         return None
@@ -423,18 +422,39 @@ def _gather_reader(model: Any, data: Any, sig: int) -> Any | None:
         parts.append(arr.reshape(-1))
     if not parts or sum(p.size for p in parts) != mujoco.mj_stateSize(model, sig):
         return None
-    addrs = [p.ctypes.data for p in parts]
+    # ``keep``: the time view does not own the struct's memory; the reader keeps ``data``.
+    return gather_reader([(p, np.arange(p.size)) for p in parts], keep=data)
+
+
+def gather_reader(sources: list[tuple[np.ndarray, np.ndarray]], keep: Any = None) -> Any | None:
+    """``() -> np.concatenate([a.reshape(-1)[i] for a, i in sources])`` by one ``take``, or None.
+
+    For float64 arrays of one simulator's memory (an ``mjData``'s buffer and struct): a
+    strided view from the lowest of them reaches every other, and one index picks the
+    entries out of it (only those addresses are ever read). ``keep`` is held by the reader
+    (an owner of memory that the arrays do not keep alive themselves). None when an array is
+    not C-contiguous float64, or the addresses do not fit one view of 8-byte steps.
+    """
+    from numpy.lib.stride_tricks import as_strided
+
+    arrays = [a for a, _ in sources]
+    if not arrays or any(a.dtype != np.float64 or not a.flags.c_contiguous for a in arrays):
+        return None
+    addrs = [a.ctypes.data for a in arrays]
     low = min(addrs)
     if any((a - low) % 8 for a in addrs) or max(addrs) - low > 1 << 40:
         return None
-    idx = np.concatenate(
-        [np.arange(p.size) + (a - low) // 8 for p, a in zip(parts, addrs, strict=True)]
-    )
-    span = as_strided(parts[addrs.index(low)], shape=(int(idx.max()) + 1,), strides=(8,))
+    parts = []
+    for (a, i), addr in zip(sources, addrs, strict=True):
+        i = np.asarray(i, np.intp).reshape(-1)
+        if i.size and (i.min() < 0 or i.max() >= a.size):
+            return None
+        parts.append(i + (addr - low) // 8)
+    idx = np.concatenate(parts).astype(np.intp)
+    span = as_strided(arrays[addrs.index(low)], shape=(int(idx.max()) + 1,), strides=(8,))
     span.flags.writeable = False
-    take, idx = span.take, idx.astype(np.intp)
-    # ``_keep``: the time view does not own the struct's memory; the closure keeps ``data``.
-    return lambda _keep=data: take(idx)
+    take = span.take
+    return lambda _keep=keep: take(idx)
 
 
 def _time_view(data: Any) -> np.ndarray | None:

@@ -314,7 +314,8 @@ def test_dm_control_factors_are_the_tasks_own_terms(name: str) -> None:
     for act in _actions(env, 15, seed=2):
         _, r, _, _, info = env.step(act)
         f = info["reward_factors"]
-        assert float(task.get_reward(p)) == r
+        # the fused step's reward is the factors' function: the task's to ~1 ulp
+        assert r == pytest.approx(float(task.get_reward(p)), rel=1e-12, abs=1e-15)
         if env.core.domain == "walker":
             standing = rewards.tolerance(p.torso_height(), (1.2, float("inf")), margin=0.6)
             assert f["standing"] == pytest.approx(standing, rel=1e-12, abs=1e-15)
@@ -326,6 +327,43 @@ def test_dm_control_factors_are_the_tasks_own_terms(name: str) -> None:
             assert f["upright"] == pytest.approx(quadruped._upright_reward(p), rel=1e-12)
             assert f["speed"] == p.torso_velocity()[0]
         assert float(env.reward_from_factors(f)) == pytest.approx(r, rel=1e-12, abs=1e-15)
+    env.close()
+
+
+@pytest.mark.parametrize("name", DMC)
+def test_dm_control_fused_step_follows_dm_controls_own_step(name: str) -> None:
+    """pbrl steps the task itself (no ``get_reward``): same trajectory as dm_control's step.
+
+    Through an episode end (dm_control's 1000-step limit) and a reset; the observation is
+    bit-identical, the reward equal to ~1 ulp, the ends on the same step.
+    """
+    env = envs.make_env(name, seed=0)
+    assert env._inner_step == env._fused  # the fused step, not the core's
+    raw = dmc._DMCCore(*dmc.TASKS[name], seed=0)
+    o1, _ = env.reset(seed=3)
+    o2, _ = raw.reset(seed=3)
+    np.testing.assert_array_equal(o1, o2)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for t in range(1100):
+        a = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, r, term, trunc, info = env.step(a)
+        obs2, r2, term2, trunc2, _ = raw.step(a)
+        np.testing.assert_array_equal(obs, obs2, err_msg=f"step {t}")
+        assert r == pytest.approx(r2, rel=1e-12, abs=1e-15) and info["true_reward"] == r
+        assert (term, trunc) == (term2, trunc2)
+        if trunc:
+            ends += 1
+            np.testing.assert_array_equal(env.reset()[0], raw.reset()[0])
+    assert ends == 1
+    env.close()
+    raw.close()
+
+
+def test_dm_control_task_drawing_its_reward_keeps_dm_controls_step() -> None:
+    env = envs.make_env("cheetah_run", seed=0)
+    env.core.task._visualize_reward = True  # after_step calls get_reward: no fused step
+    assert dmc._fused_step(env.core, lambda: {}, [None]) is None
     env.close()
 
 
