@@ -91,9 +91,18 @@ def _final_without_timing(run_dir: Path) -> dict[str, float]:
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     common = ["experiment=fast", "num_train_steps=2500", "checkpoint.every=500", "seed=5"]
+    # The uninterrupted reference runs beside the run to be killed (one core each: every
+    # run is pinned to one torch thread), so the test costs about one run less.
     ref_dir = tmp_path / "ref"
-    res = train([*common, f"hydra.run.dir={ref_dir}"], tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    ref_err = tmp_path / "ref.stderr"  # a file, not a pipe: nothing can block on a full pipe
+    with ref_err.open("wb") as err:
+        ref = subprocess.Popen(
+            [*TRAIN, *common, f"hydra.run.dir={ref_dir}"],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -129,6 +138,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     res = train([str(run_dir)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed" in res.stderr
+    assert ref.wait(timeout=300) == 0, ref_err.read_text()[-3000:]
 
     with (
         FeedbackStore(ref_dir / "feedback.sqlite") as a,

@@ -75,6 +75,16 @@ def _check_run(run_dir: Path) -> None:
 
 
 def test_offline_fast_runs_of_every_agent_write_events_and_resume(datasets: Path) -> None:
+    # The OPPO run goes beside the sweep (independent runs, one torch thread each).
+    oppo = datasets / "oppo"
+    code = "from pbrl.offline.cli import main; main()"
+    oppo_err = datasets / "oppo.stderr"  # a file, not a pipe: nothing can block on a full pipe
+    with oppo_err.open("wb") as err:
+        oppo_run = subprocess.Popen(
+            [sys.executable, "-c", code, f"dataset={datasets / 'pairs.npz'}", "agent=oppo",
+             "experiment=fast", f"hydra.run.dir={oppo}"],
+            cwd=datasets, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
     sweep = datasets / "sweep"
     res = cli("main", ["--multirun", f"dataset={datasets / 'rank.npz'}", "teacher_id=return",
                        "agent=cpl,sft,piql", "agent.segment_length=6", "experiment=fast",
@@ -91,10 +101,7 @@ def test_offline_fast_runs_of_every_agent_write_events_and_resume(datasets: Path
     assert {"losses/reward_loss", "losses/q_loss", "losses/v_loss", "train/awr_weight"} <= tags
     assert [e.step for e in acc.Scalars("losses/reward_loss")] == [20]
     assert [e.step for e in acc.Scalars("losses/q_loss")] == [40, 60]
-    oppo = datasets / "oppo"
-    res = cli("main", [f"dataset={datasets / 'pairs.npz'}", "agent=oppo", "experiment=fast",
-                       f"hydra.run.dir={oppo}"], datasets)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert oppo_run.wait(timeout=300) == 0, oppo_err.read_text()[-3000:]
     _check_run(oppo)
     # resuming a finished run loads its checkpoint and stops at once
     res = cli("main", [str(oppo)], datasets)
