@@ -104,12 +104,15 @@ RUNTIME_KEYS = frozenset({"resume", "torch_threads"})
 """Top-level config keys a resumed run may change (see :func:`config_diff`)."""
 
 
-def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
+def config_diff(
+    saved: DictConfig, current: DictConfig, skip: frozenset[str] = RUNTIME_KEYS
+) -> list[str]:
     """``"key: saved (run) vs current (now)"`` for every leaf that differs.
 
     Used to refuse resuming a run with another config (``pbrl-train``, ``pbrl-offline``,
-    ``pbrl-front``). The top-level keys of :data:`RUNTIME_KEYS` (how this process runs, not
-    what it computes) may differ, or be missing from a run made before they existed.
+    ``pbrl-front``). The top-level keys in ``skip`` (by default :data:`RUNTIME_KEYS`: how
+    this process runs, not what it computes) may differ, or be missing from a run made
+    before they existed.
     """
     a = OmegaConf.to_container(saved, resolve=True)
     b = OmegaConf.to_container(current, resolve=True)
@@ -118,7 +121,7 @@ def config_diff(saved: DictConfig, current: DictConfig) -> list[str]:
     def walk(x: object, y: object, prefix: str) -> None:
         if isinstance(x, dict) and isinstance(y, dict):
             for k in sorted(set(x) | set(y)):
-                if k in RUNTIME_KEYS and not prefix:
+                if k in skip and not prefix:
                     continue
                 walk(x.get(k, "<missing>"), y.get(k, "<missing>"), f"{prefix}{k}.")
         elif x != y:
@@ -145,8 +148,8 @@ def adopt_added_keys(saved: DictConfig, current: DictConfig) -> list[str]:
     For every such key missing from the run's ``saved`` config but present in ``current``
     (the config composed now, which gives it today's default), both get the key's old
     value, so :func:`config_diff` does not refuse the resume over it and the run goes on
-    computing what it computed before. Returns ``"key=value"`` for each key so adopted (to
-    tell the user); keys the run already records are left alone.
+    computing what it computed before. Returns the keys so adopted (to tell the user); keys
+    the run already records are left alone.
     """
     adopted = []
     for key, old in ADDED_KEYS.items():
@@ -156,15 +159,23 @@ def adopt_added_keys(saved: DictConfig, current: DictConfig) -> list[str]:
             continue
         OmegaConf.update(saved, key, old, force_add=True)
         OmegaConf.update(current, key, old, force_add=True)
-        adopted.append(f"{key}={old!r}")
+        adopted.append(key)
     return adopted
 
 
-def check_resumable(saved_path: Path, cfg: DictConfig, resume_hint: str) -> None:
+def check_resumable(
+    saved_path: Path,
+    cfg: DictConfig,
+    resume_hint: str,
+    may_change: frozenset[str] = frozenset(),
+    allowed: str = "",
+) -> None:
     """Refuse (:class:`ResumeError`) to resume the run saved at ``saved_path`` with ``cfg``.
 
     The two configs must agree, after :func:`adopt_added_keys` (which may set keys of ``cfg``
-    to the values the run was made with, and says so on stderr).
+    to the values the run was made with, and says so on stderr), except in the top-level
+    keys of :data:`RUNTIME_KEYS` and ``may_change``; ``allowed`` ends the refusal's message
+    (e.g. which keys may change).
     """
     run_dir = saved_path.parent
     if not saved_path.exists():
@@ -173,19 +184,17 @@ def check_resumable(saved_path: Path, cfg: DictConfig, resume_hint: str) -> None
     adopted = adopt_added_keys(saved, cfg)  # type: ignore[arg-type]
     if adopted:
         print(
-            f"note: {run_dir} was saved before "
-            + ", ".join(k.split("=")[0] for k in adopted)
-            + " existed; continuing it as it ran: "
-            + ", ".join(adopted),
+            f"note: {run_dir} was saved before {', '.join(adopted)} existed; continuing it as "
+            "it ran: " + ", ".join(f"{k}={ADDED_KEYS[k]!r}" for k in adopted),
             file=sys.stderr,
         )
-    diff = config_diff(saved, cfg)  # type: ignore[arg-type]
+    diff = config_diff(saved, cfg, RUNTIME_KEYS | may_change)  # type: ignore[arg-type]
     if diff:
         raise ResumeError(
             "refusing to resume with a different config; differing keys:\n  "
             + "\n  ".join(diff)
             + f"\nResume with the run's own settings ({resume_hint} {run_dir}) or start a new "
-            "run without resume=true."
+            f"run without resume=true{allowed}."
         )
 
 

@@ -450,7 +450,7 @@ def gather_reader(sources: list[tuple[np.ndarray, np.ndarray]], keep: Any = None
         if i.size and (i.min() < 0 or i.max() >= a.size):
             return None
         parts.append(i + (addr - low) // 8)
-    idx = np.concatenate(parts).astype(np.intp)
+    idx = np.concatenate(parts)
     span = as_strided(arrays[addrs.index(low)], shape=(int(idx.max()) + 1,), strides=(8,))
     span.flags.writeable = False
     take = span.take
@@ -475,14 +475,15 @@ def _time_view(data: Any) -> np.ndarray | None:
     qpos = getattr(data, "qpos", None)
     if not base or base % 8 or qpos is None or qpos.size == 0:
         return None
-    target, page = int(qpos.ctypes.data), mmap.PAGESIZE
-    end, stop = (base // page + 1) * page, None
+    target, page = np.uint64(qpos.ctypes.data), mmap.PAGESIZE
+    start, end, stop = base, (base // page + 1) * page, None
     while stop is None and end - base <= 1 << 22:  # mjData's struct is ~170 KB (MuJoCo 3.x)
-        words = np.frombuffer((ctypes.c_uint64 * ((end - base) // 8)).from_address(base), np.uint64)
-        hits = np.flatnonzero(words == np.uint64(target))
+        chunk = (ctypes.c_uint64 * ((end - start) // 8)).from_address(start)  # one new page
+        words = np.frombuffer(chunk, np.uint64)
+        hits = np.flatnonzero(words == target)
         if hits.size:
-            stop = int(hits[0])
-        end += page
+            stop = (start - base) // 8 + int(hits[0])
+        start, end = end, end + page
     if stop is None:
         return None
     slots = np.frombuffer((ctypes.c_double * stop).from_address(base), np.float64)

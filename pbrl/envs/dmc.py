@@ -219,8 +219,8 @@ def _factor_fn(domain: str, physics: Any, task: Any) -> Callable[[Any], dict[str
     raise KeyError(f"no reward factors for dm_control domain {domain!r}; valid: {sorted(_FACTORS)}")
 
 
-def _scalar_reward(domain: str) -> Callable[[dict[str, float]], float]:
-    """The task's reward from one step's factors (:meth:`DMCEnv.reward_from_factors` on floats)."""
+def _reward_of(domain: str) -> Callable[[Mapping[str, Any]], Any]:
+    """The task's reward as the module table's function of its factors (floats or arrays)."""
     if domain == "walker":
         return lambda f: (3.0 * f["standing"] + f["upright"]) / 4.0 * (5.0 * f["move"] + 1.0) / 6.0
     if domain == "cheetah":
@@ -289,7 +289,7 @@ def _fused_step(core: _DMCCore, factors: Callable[[], dict[str, float]], cache: 
     env, physics, task = core._env, core.physics, core.task
     if getattr(task, "_visualize_reward", False):
         return None
-    reward_of = _scalar_reward(core.domain)
+    reward_of = _reward_of(core.domain)
     read_obs = _observation_reader(core)
     if read_obs is None:
         get_obs, flat = task.get_observation, core._flat
@@ -393,13 +393,7 @@ class DMCEnv(PbrlEnv):
     def reward_from_factors(self, factors: Mapping[str, np.ndarray]) -> np.ndarray:
         """The task's reward from its factors (see the module table)."""
         f = {k: np.asarray(v, np.float64) for k, v in factors.items()}
-        domain = self.core.domain
-        if domain == "walker":
-            stand = (3.0 * f["standing"] + f["upright"]) / 4.0
-            return stand * (5.0 * f["move"] + 1.0) / 6.0
-        if domain == "cheetah":
-            return f["run"]
-        return f["upright"] * f["move"]
+        return _reward_of(self.core.domain)(f)
 
     def _render(self, state: np.ndarray, width: int, height: int) -> np.ndarray:
         # Render on the live physics (one GL context per env) and put its whole mjData back

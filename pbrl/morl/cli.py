@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from pbrl.cli import OVERRIDES, RUNS, ResumeError, config_diff
+from pbrl.cli import OVERRIDES, RUNS, ResumeError, check_resumable
 from pbrl.cli import prepare_argv as train_prepare_argv
 from pbrl.morl.cmorl import CMORL, Archive, CMORLConfig, eval_env_factory
 from pbrl.morl.envs import default_ref_point, objective_names
@@ -93,7 +93,7 @@ def _checkpoint_name() -> str:
 
 # Keys that choose how jobs run or where the labelling page is served, not what is computed:
 # a resume may change them.
-_EXECUTION_KEYS = ("workers", "parallel", "ray_address", "human")
+_EXECUTION_KEYS = frozenset({"workers", "parallel", "ray_address", "human"})
 
 
 def check_resume(cfg: DictConfig, run_dir: Path) -> None:
@@ -107,20 +107,10 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
     """
     saved = run_dir / "config.yaml"
     if cfg.resume:
-        if not saved.exists():
-            raise ResumeError(f"resume=true but {run_dir} holds no run (no config.yaml)")
-        diff = [
-            d for d in config_diff(OmegaConf.load(saved), cfg)
-            if d.split(":")[0].split(".")[0] not in _EXECUTION_KEYS
-        ]  # fmt: skip
-        if diff:
-            raise ResumeError(
-                "refusing to resume with a different config; differing keys:\n  "
-                + "\n  ".join(diff)
-                + f"\nResume with the run's own settings (pbrl-front {run_dir}) or start a new "
-                "run without resume=true (only workers, parallel, ray_address and human.* may "
-                "change)."
-            )
+        check_resumable(
+            saved, cfg, "pbrl-front", _EXECUTION_KEYS,
+            " (only workers, parallel, ray_address and human.* may change)",
+        )  # fmt: skip
     elif (run_dir / _checkpoint_name()).exists():
         raise ResumeError(
             f"{run_dir} already holds a front run; pass resume=true (or pbrl-front {run_dir}) "
