@@ -25,5 +25,9 @@ lint:
 	$(PY) -m ruff check pbrl tests examples benchmarks
 	$(PY) -m ruff format --check pbrl tests examples benchmarks
 
+# The default suite on up to 4 workers (-n auto: one per core; 2 on the 2-core CI machine), grouped
+# by module so that module-scoped fixtures (Warp envs, a shared labelling server) load once.
+PYTEST_WORKERS ?= auto
+
 test: install-test lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadscope
