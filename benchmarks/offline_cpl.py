@@ -66,6 +66,8 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
         return common
     if agent == "bc_all":  # control: SFT's BC on every segment, preferred or not
         return ["agent=sft", *common[1:], "agent.bc_data=all"]
+    if args.piql_lr is not None:
+        common = [*common[:3], f"agent.lr={args.piql_lr}"]
     return [*common, f"agent.reward_hidden={h}", f"agent.reward_steps={args.reward_steps}",
             f"agent.transition_batch={args.transition_batch}"]  # fmt: skip
 
@@ -135,6 +137,12 @@ def main() -> None:
         type=float,
         default=None,
         help="contrastive-phase lr of the CPL agents (default: --lr; paper 1e-4)",
+    )
+    p.add_argument(
+        "--piql-lr",
+        type=float,
+        default=None,
+        help="P-IQL's lr, all four networks (default: --lr; paper 3e-4)",
     )
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--reward-steps", type=int, default=300)
@@ -334,6 +342,7 @@ def write(args, policy, make_cmd, made, t_data, results, walls, fallback, ovf, o
             "paper: a scale-down device, the compressed BC phase at the higher lr, the "
             "contrastive phase at the paper's lr)"
         )
+        + ("" if args.piql_lr is None else f" and P-IQL at {args.piql_lr} (`agent.lr`)")
         + f", {args.segments} "
         f"segments from {made.episodes} episodes of the {policy} policy with noise {args.noise}, "
         f"`{args.labels}` labels, {len(args.seeds)} seeds, {args.eval_episodes} evaluation "
