@@ -56,8 +56,9 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
     """The budget overrides of one agent at the benchmark's scale."""
     h = f"[{args.hidden},{args.hidden}]"
     common = [f"agent={agent}", f"agent.batch_size={args.batch}", f"agent.hidden={h}"]
-    if args.lr is not None:
-        common.append(f"agent.lr={args.lr}")
+    lr = args.piql_lr if agent == "piql" and args.piql_lr is not None else args.lr
+    if lr is not None:
+        common.append(f"agent.lr={lr}")
     if agent in ("cpl", "cpl_bc", "cpl_kl"):
         lr2 = [] if args.cpl_lr is None else [f"agent.cpl_lr={args.cpl_lr}"]
         return [*common, f"agent.bc_steps={args.bc_steps}", f"agent.warmup_steps={args.warmup}",
@@ -66,8 +67,6 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
         return common
     if agent == "bc_all":  # control: SFT's BC on every segment, preferred or not
         return ["agent=sft", *common[1:], "agent.bc_data=all"]
-    if args.piql_lr is not None:
-        common = [*common[:3], f"agent.lr={args.piql_lr}"]
     return [*common, f"agent.reward_hidden={h}", f"agent.reward_steps={args.reward_steps}",
             f"agent.transition_batch={args.transition_batch}"]  # fmt: skip
 
