@@ -168,14 +168,13 @@ def check_resumable(
     cfg: DictConfig,
     resume_hint: str,
     may_change: frozenset[str] = frozenset(),
-    allowed: str = "",
 ) -> None:
     """Refuse (:class:`ResumeError`) to resume the run saved at ``saved_path`` with ``cfg``.
 
     The two configs must agree, after :func:`adopt_added_keys` (which may set keys of ``cfg``
     to the values the run was made with, and says so on stderr), except in the top-level
-    keys of :data:`RUNTIME_KEYS` and ``may_change``; ``allowed`` ends the refusal's message
-    (e.g. which keys may change).
+    keys of :data:`RUNTIME_KEYS` and ``may_change``; the refusal names the ``may_change``
+    keys (a group as ``key.*``), so the message cannot drift from what is allowed.
     """
     run_dir = saved_path.parent
     if not saved_path.exists():
@@ -190,6 +189,12 @@ def check_resumable(
         )
     diff = config_diff(saved, cfg, RUNTIME_KEYS | may_change)  # type: ignore[arg-type]
     if diff:
+        allowed = ""
+        if may_change:
+            keys = [
+                f"{k}.*" if isinstance(cfg.get(k), DictConfig) else k for k in sorted(may_change)
+            ]
+            allowed = f" (only {', '.join(keys)} may change)"
         raise ResumeError(
             "refusing to resume with a different config; differing keys:\n  "
             + "\n  ".join(diff)

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,14 +90,14 @@ def _final_without_timing(run_dir: Path) -> dict[str, float]:
     return {k: v for k, v in final.items() if not k.startswith(("charts/", "losses/time"))}
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, spawn: Callable) -> None:
     common = ["experiment=fast", "num_train_steps=2500", "checkpoint.every=500", "seed=5"]
     # The uninterrupted reference runs beside the run to be killed (one core each: every
     # run is pinned to one torch thread), so the test costs about one run less.
     ref_dir = tmp_path / "ref"
     ref_err = tmp_path / "ref.stderr"  # a file, not a pipe: nothing can block on a full pipe
     with ref_err.open("wb") as err:
-        ref = subprocess.Popen(
+        ref = spawn(
             [*TRAIN, *common, f"hydra.run.dir={ref_dir}"],
             cwd=tmp_path,
             env=ENV,
@@ -105,7 +106,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         )
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(
+    proc = spawn(
         [*TRAIN, *common, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path,
         env=ENV,

@@ -142,7 +142,11 @@ class InfoColumns:
             infos["sim_state"] = out
             infos["_sim_state"] = has
         success = self.success
-        if success.count(None) != n:
+        missing = success.count(None)
+        if missing == 0:  # every env has a flag (bools): no per-element conversion
+            infos["success"] = np.array(success, np.bool_)
+            infos["_success"] = ones
+        elif missing != n:
             infos["success"] = np.array([bool(s) for s in success], np.bool_)
             infos["_success"] = np.array([s is not None for s in success], np.bool_)
         return infos

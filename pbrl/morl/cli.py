@@ -107,10 +107,7 @@ def check_resume(cfg: DictConfig, run_dir: Path) -> None:
     """
     saved = run_dir / "config.yaml"
     if cfg.resume:
-        check_resumable(
-            saved, cfg, "pbrl-front", _EXECUTION_KEYS,
-            " (only workers, parallel, ray_address and human.* may change)",
-        )  # fmt: skip
+        check_resumable(saved, cfg, "pbrl-front", _EXECUTION_KEYS)
     elif (run_dir / _checkpoint_name()).exists():
         raise ResumeError(
             f"{run_dir} already holds a front run; pass resume=true (or pbrl-front {run_dir}) "

@@ -108,6 +108,12 @@ def test_resume_refuses_another_config_and_a_fresh_start_over_a_run(tmp_path: Pa
     OmegaConf.save(cfg, tmp_path / "config.yaml", resolve=True)
     with pytest.raises(ResumeError, match=r"(?s)different config.*seed: 0 \(run\) vs 1 \(now\)"):
         check_resume(compose_front([*TINY, "resume=true", "seed=1"]), tmp_path)
+    # The refusal names what may change, from the same set the check skips (a group as .*).
+    with pytest.raises(ResumeError) as err:
+        check_resume(compose_front([*TINY, "resume=true", "seed=1"]), tmp_path)
+    assert str(err.value).endswith("(only human.*, parallel, ray_address, workers may change)."), (
+        str(err.value)
+    )
     # how jobs are executed may change on a resume
     check_resume(compose_front([*TINY, "resume=true", "workers=2", "human.port=9000"]), tmp_path)
     with pytest.raises(ResumeError, match="not a pbrl-front run directory"):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,15 @@ def _check_run(run_dir: Path) -> None:
     assert json.loads((run_dir / "checkpoint/meta.json").read_text())["step"] == 60
 
 
-def test_offline_fast_runs_of_every_agent_write_events_and_resume(datasets: Path) -> None:
+def test_offline_fast_runs_of_every_agent_write_events_and_resume(
+    datasets: Path, spawn: Callable
+) -> None:
     # The OPPO run goes beside the sweep (independent runs, one torch thread each).
     oppo = datasets / "oppo"
     code = "from pbrl.offline.cli import main; main()"
     oppo_err = datasets / "oppo.stderr"  # a file, not a pipe: nothing can block on a full pipe
     with oppo_err.open("wb") as err:
-        oppo_run = subprocess.Popen(
+        oppo_run = spawn(
             [sys.executable, "-c", code, f"dataset={datasets / 'pairs.npz'}", "agent=oppo",
              "experiment=fast", f"hydra.run.dir={oppo}"],
             cwd=datasets, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
