@@ -61,7 +61,8 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
     if agent == "oppo":
         return [*common, f"agent.embed={args.embed}", f"agent.enc_hidden={args.embed}",
                 f"agent.inner={4 * args.embed}", f"agent.enc_inner={4 * args.embed}",
-                f"agent.warmup_steps={args.warmup}"]  # fmt: skip
+                f"agent.warmup_steps={args.warmup}",
+                *([f"agent.z_lr={args.z_lr}"] if args.z_lr is not None else [])]  # fmt: skip
     if agent == "sft":  # BC on every segment
         return [*common, "agent.bc_data=all", f"agent.hidden={h}"]
     return [*common, f"agent.hidden={h}", f"agent.reward_hidden={h}",
@@ -104,6 +105,10 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
             return float(cos(zs, top, dim=0)), float(cos(zs, bottom, dim=0))
 
         out = dict(zip(("top", "bottom"), deciles(ret), strict=True))
+        # z* against the norm the encodings are held to (L_norm: ||z|| -> 1): the policy only
+        # ever saw contexts of the encodings' size during training.
+        out["z_star_norm"] = float(zs.norm())
+        out["enc_norm"] = float(enc.norm(dim=-1).mean())
         label_score = future_return_of_rows(dataset, labels)
         if label_score is not None:  # by the labels' own score: what the teacher prefers
             out.update(zip(("label_top", "label_bottom"), deciles(label_score), strict=True))
@@ -150,6 +155,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--reward-steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-3, help="all agents (OPPO/BC 1e-4, P-IQL 3e-4)")
+    p.add_argument(
+        "--z-lr",
+        type=float,
+        default=None,
+        help="OPPO's z* lr (default: the config's 1e-3, the paper's; the paper's ratio to --lr "
+        "is 10)",
+    )
     p.add_argument("--embed", type=int, default=64, help="OPPO transformer width (paper 128)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=32, help="pairs per step (OPPO paper 64)")
@@ -193,7 +205,9 @@ def main() -> None:
             msg = ""
             if agent == "oppo":
                 cosines.append(z_star_cosines(run_dir, ds, args))
-                msg = f" cos(z*, top) {cosines[-1]['top']:.2f} bottom {cosines[-1]['bottom']:.2f}"
+                c = cosines[-1]
+                msg = (f" cos(z*, top) {c['top']:.2f} bottom {c['bottom']:.2f}, |z*| "
+                       f"{c['z_star_norm']:.2f} vs mean |z| {c['enc_norm']:.2f}")  # fmt: skip
             print(f"{agent} seed {seed}: return {final['eval/true_return']:.1f} (normalised "
                   f"{normalise(final['eval/true_return']):.1f}){msg} ({walls[agent][-1]:.0f}s)",
                   flush=True)  # fmt: skip
@@ -260,6 +274,15 @@ def write(args, make_cmd, made, t_data, results, walls, cosines) -> None:  # typ
                 f"{fmt(lbot, 1.0, 2)}; z* is closer to the top decile in {lcloser} of "
                 f"{len(cosines)} seeds.",
             ]
+        if all("z_star_norm" in c for c in cosines):
+            zn = [c["z_star_norm"] for c in cosines]
+            en = [c["enc_norm"] for c in cosines]
+            lines += [
+                "",
+                f"Size of the test-time context: ||z*|| {fmt(zn, 1.0, 2)} against a mean ||z|| "
+                f"of {fmt(en, 1.0, 2)} over the dataset's encodings (the contexts the policy was "
+                "trained on; L_norm holds them near 1).",
+            ]
     why = ""
     if args.policy == "random":
         why = (
@@ -286,7 +309,8 @@ def write(args, make_cmd, made, t_data, results, walls, cosines) -> None:  # typ
         "Scale note: the method notes' smallest honest run is 1e5 gradient steps, batch 64 "
         "pairs, K = 20, embed 128, 3 seeds on D4RL hopper-medium-replay (about 400k "
         f"transitions); here {args.steps} steps, batch {args.batch} pairs, embed {args.embed}, "
-        f"warm-up {args.warmup}, learning rate {args.lr} for every agent, on {made.segments} "
+        f"warm-up {args.warmup}, learning rate {args.lr} for every agent (OPPO's z*: "
+        f"{1e-3 if args.z_lr is None else args.z_lr}), on {made.segments} "
         f"segments from {made.episodes} episodes of "
         f"the `{args.policy}` policy{why}; BC and P-IQL use {args.hidden} x 2 networks "
         f"(P-IQL: {args.reward_steps} reward steps, then IQL with {args.transition_batch} "
