@@ -25,18 +25,24 @@ CPU allows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from offline_common import command, fmt, machine, replace_section, run_offline
+from omegaconf import DictConfig, OmegaConf
 
+import pbrl.configs
 from pbrl.data import Label
+from pbrl.offline.cli import OfflineRun
 from pbrl.offline.dataset import make_dataset, score_labels
+from pbrl.offline.oppo import OPPOAgent
 
 SECTION = "## Offline OPPO vs BC vs P-IQL: hopper preference dataset (issue 7)"
 D4RL_HOPPER = (-20.272305, 3234.3)  # D4RL REF_MIN_SCORE / REF_MAX_SCORE for hopper
@@ -70,32 +76,59 @@ def agent_overrides(agent: str, args: argparse.Namespace) -> list[str]:
             f"agent.transition_batch={args.transition_batch}"]  # fmt: skip
 
 
+@contextlib.contextmanager
+def trained_oppo(cfg: DictConfig, run_dir: Path, probe_dir: Path) -> Iterator[OfflineRun]:
+    """An :class:`OfflineRun` of ``cfg`` (writing into ``probe_dir``) with the OPPO agent of
+    ``run_dir``'s checkpoint loaded; closed on exit."""
+    loop = OfflineRun(cfg, probe_dir)
+    try:
+        state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
+        loop.agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
+        yield loop
+    finally:
+        loop.close()
+
+
+def segment_encodings(
+    agent: OPPOAgent, dataset: Path, teacher_id: str
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The encodings ``(2 N, Z)`` of the first ``K`` steps of every segment that
+    ``teacher_id`` answered, in file order (row ``r``: segments ``2 r`` and ``2 r + 1``), with
+    the rows' labels ``(N,)`` (P(second preferred)) and the segments' true returns ``(2 N,)``."""
+    with np.load(dataset, allow_pickle=False) as z:
+        mine = (z["teacher_id"] == teacher_id) & (z["label"] >= 0)
+        labels = z["target"][mine].astype(np.float64)
+        obs = z["obs"][mine].reshape(-1, *z["obs"].shape[2:])
+        act = z["actions"][mine].reshape(-1, *z["actions"].shape[2:])
+        ret = z["true_reward"][mine].reshape(-1, z["true_reward"].shape[-1]).sum(-1)
+    k = agent.cfg.window
+    enc = agent.encode(
+        torch.as_tensor(obs[:, :k], dtype=torch.float32),
+        torch.as_tensor(np.clip(act[:, :k], -1 + 1e-5, 1 - 1e-5), dtype=torch.float32),
+    )
+    return enc, labels, ret
+
+
+def oppo_z_lr(args: argparse.Namespace) -> float:
+    """OPPO's z* lr of the runs: ``--z-lr``, else the packaged ``agent=oppo`` default."""
+    if args.z_lr is not None:
+        return float(args.z_lr)
+    yaml = Path(pbrl.configs.__file__).parent / "offline" / "agent" / "oppo.yaml"
+    return float(OmegaConf.load(yaml).z_lr)
+
+
 def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> dict[str, float]:
     """cos(z*, mean z) of the top- and bottom-decile segments by true segment return."""
     from hydra import compose, initialize_config_module
 
-    from pbrl.offline.cli import OfflineRun
-
     with initialize_config_module("pbrl.configs.offline", version_base="1.3"):
         cfg = compose("offline", [f"dataset={dataset}", "teacher_id=future_return",
                                   "eval.episodes=1", *agent_overrides("oppo", args)])  # fmt: skip
-    loop = OfflineRun(cfg, run_dir / "probe")
-    try:
-        state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
+    with trained_oppo(cfg, run_dir, run_dir / "probe") as loop:
         agent = loop.agent
-        agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
-        with np.load(dataset, allow_pickle=False) as z:
-            mine = (z["teacher_id"] == "future_return") & (z["label"] >= 0)
-            labels = z["target"][mine].astype(np.float64)  # P(second preferred)
-            obs = z["obs"][mine].reshape(-1, *z["obs"].shape[2:])
-            act = z["actions"][mine].reshape(-1, *z["actions"].shape[2:])
-            ret = z["true_reward"][mine].reshape(-1, z["true_reward"].shape[-1]).sum(-1)
-        k = agent.cfg.window  # type: ignore[union-attr]
-        enc = agent.encode(  # type: ignore[union-attr]
-            torch.as_tensor(obs[:, :k], dtype=torch.float32),
-            torch.as_tensor(np.clip(act[:, :k], -1 + 1e-5, 1 - 1e-5), dtype=torch.float32),
-        )
-        zs = agent.z_star.detach()  # type: ignore[union-attr]
+        assert isinstance(agent, OPPOAgent)
+        enc, labels, ret = segment_encodings(agent, dataset, "future_return")
+        zs = agent.z_star.detach()
         cos = torch.nn.functional.cosine_similarity
 
         def deciles(score: np.ndarray) -> tuple[float, float]:
@@ -113,8 +146,6 @@ def z_star_cosines(run_dir: Path, dataset: Path, args: argparse.Namespace) -> di
         if label_score is not None:  # by the labels' own score: what the teacher prefers
             out.update(zip(("label_top", "label_bottom"), deciles(label_score), strict=True))
         return out
-    finally:
-        loop.close()
 
 
 def future_return_of_rows(dataset: Path, labels: np.ndarray) -> np.ndarray | None:
@@ -310,7 +341,7 @@ def write(args, make_cmd, made, t_data, results, walls, cosines) -> None:  # typ
         "pairs, K = 20, embed 128, 3 seeds on D4RL hopper-medium-replay (about 400k "
         f"transitions); here {args.steps} steps, batch {args.batch} pairs, embed {args.embed}, "
         f"warm-up {args.warmup}, learning rate {args.lr} for every agent (OPPO's z*: "
-        f"{1e-3 if args.z_lr is None else args.z_lr}), on {made.segments} "
+        f"{oppo_z_lr(args)}), on {made.segments} "
         f"segments from {made.episodes} episodes of "
         f"the `{args.policy}` policy{why}; BC and P-IQL use {args.hidden} x 2 networks "
         f"(P-IQL: {args.reward_steps} reward steps, then IQL with {args.transition_batch} "

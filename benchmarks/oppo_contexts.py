@@ -26,37 +26,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from offline_oppo import future_return_of_rows, normalise
+from offline_oppo import future_return_of_rows, normalise, segment_encodings, trained_oppo
 from omegaconf import OmegaConf
 
-from pbrl.offline.cli import OfflineRun
 from pbrl.offline.evaluate import evaluate_offline
+from pbrl.offline.oppo import OPPOAgent
 
 
 def probe(run_dir: Path, episodes: int) -> dict[str, float]:
     """Normalised return of the run's policy under each context."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     cfg.eval.episodes = episodes
-    loop = OfflineRun(cfg, run_dir / "contexts")  # type: ignore[arg-type]
-    try:
-        state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
+    dataset = Path(str(cfg.dataset))
+    with trained_oppo(cfg, run_dir, run_dir / "contexts") as loop:  # type: ignore[arg-type]
         agent = loop.agent
-        agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
-        dataset = Path(str(cfg.dataset))
-        with np.load(dataset, allow_pickle=False) as z:
-            mine = (z["teacher_id"] == str(cfg.teacher_id)) & (z["label"] >= 0)
-            labels = z["target"][mine].astype(np.float64)
-            obs = z["obs"][mine].reshape(-1, *z["obs"].shape[2:])
-            act = z["actions"][mine].reshape(-1, *z["actions"].shape[2:])
+        assert isinstance(agent, OPPOAgent)
+        enc, labels, _ = segment_encodings(agent, dataset, str(cfg.teacher_id))
         score = future_return_of_rows(dataset, labels)
         if score is None:
             raise SystemExit(f"{dataset} records no per-segment future_return scores")
-        k = agent.cfg.window  # type: ignore[union-attr]
-        enc = agent.encode(  # type: ignore[union-attr]
-            torch.as_tensor(obs[:, :k], dtype=torch.float32),
-            torch.as_tensor(np.clip(act[:, :k], -1 + 1e-5, 1 - 1e-5), dtype=torch.float32),
-        )
-        z_star = agent.z_star.detach().clone()  # type: ignore[union-attr]
+        z_star = agent.z_star.detach().clone()
         mean_norm = float(enc.norm(dim=-1).mean())
         hi, lo = np.quantile(score, 0.9), np.quantile(score, 0.1)
         contexts = {
@@ -69,13 +58,11 @@ def probe(run_dir: Path, episodes: int) -> dict[str, float]:
         seed = int(cfg.seed) + 10_000  # the run's own evaluation episodes
         for name, ctx in contexts.items():
             with torch.no_grad():
-                agent.z_star.copy_(ctx)  # type: ignore[union-attr]
-            res = evaluate_offline(loop.eval_envs, agent, seed=seed)  # type: ignore[arg-type]
+                agent.z_star.copy_(ctx)
+            res = evaluate_offline(loop.eval_envs, agent, seed=seed)
             out[name] = normalise(float(res.scalars()["eval/true_return"]))
             out[f"{name} norm"] = float(ctx.norm())
         return out
-    finally:
-        loop.close()
 
 
 def main() -> None:
