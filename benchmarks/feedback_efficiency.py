@@ -16,6 +16,13 @@ two machines' worth of arms, then one call that only collects and writes:
     python benchmarks/feedback_efficiency.py --steps 60000 --seeds 0 --arms sac --runs-dir R
     python benchmarks/feedback_efficiency.py --steps 60000 --seeds 0 1 --runs-dir R --write-results
 
+An arm that was stopped part-way (a machine's session ended) continues from its last
+checkpoint when the same command runs again on the same ``--runs-dir``; ``--checkpoint-every``
+sets how much a stop can cost (default: one checkpoint at the end, as for short runs):
+
+    python benchmarks/feedback_efficiency.py --steps 500000 --seeds 0 --arms pebble \
+        --checkpoint-every 20000 --runs-dir R
+
 B-Pref's own protocol (walker_walk, 1000 labels, 500k steps, 10 seeds, SAC 2 x 1024 with batch
 1024) needs a GPU; the flags shrink it to what a CPU can run, and the results section says so.
 """
@@ -63,9 +70,11 @@ def run_arm(args: argparse.Namespace, seed: int, true_reward: bool, root: Path) 
         f"eval.every={args.eval_every}",
         "eval.episodes=5",
         "log.video_every=0",
-        f"checkpoint.every={args.steps}",
+        f"checkpoint.every={args.checkpoint_every or args.steps}",
         f"hydra.run.dir={run_dir}",
     ]
+    if args.query:
+        overrides.append(f"query={args.query}")
     if true_reward:
         overrides.append("reward=true_reward")
     record = run_dir / "bench_arm.json"
@@ -79,19 +88,38 @@ def run_arm(args: argparse.Namespace, seed: int, true_reward: bool, root: Path) 
             "--runs-dir or remove it"
         )
     cmd = [sys.executable, "-m", "pbrl", *overrides]
+    parts_file = run_dir / "bench_parts.json"  # wall time of each launch of an unfinished arm
+    parts = json.loads(parts_file.read_text()) if parts_file.exists() else []
+    if (run_dir / "config.yaml").exists():  # stopped part-way: continue from its checkpoint
+        print(f"{name}: continuing the unfinished run in {run_dir}", flush=True)
+        cmd.append("resume=true")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
+    parts.append(0.0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "bench_arm.log"  # the run's progress lines, every launch appended
+    with log.open("a") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        while True:  # record the time spent every 10 s: a killed arm keeps its wall time
+            try:
+                proc.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                parts[-1] = time.perf_counter() - t0
+                parts_file.write_text(json.dumps(parts))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed (see {log}):\n{log.read_text()[-3000:]}")
+    wall = sum(parts)
     final = json.loads((run_dir / "final_metrics.json").read_text())
     result = {
         "name": name,
         "wall_s": wall,
         "return": final["eval/true_return"],
         "labels": final.get("pref/labels", 0),
-        "cmd": " ".join(overrides[:-1]),
+        "launches": len(parts),
+        "cmd": " ".join(o for o in overrides if not o.startswith("hydra.")),
     }
     record.write_text(json.dumps({"overrides": overrides, "result": result}, indent=1))
     return result
@@ -112,6 +140,18 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)  # BPref walker script: 5e-4
     p.add_argument("--eval-every", type=int, default=10000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--query",
+        default=None,
+        help="query selector (the `query` config group; default: the config's, uniform)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="env steps between checkpoints (default: only at the end); with --runs-dir an "
+        "arm stopped part-way continues from its last one when the command runs again",
+    )
     p.add_argument(
         "--runs-dir",
         default=None,
@@ -171,7 +211,8 @@ def write_results(args: argparse.Namespace, rows: list, mean_norm: float) -> Non
         f"Settings: env {args.env}, {args.steps} env steps, oracle teacher, budget "
         f"{args.max_feedback} queries in rounds of {args.reward_batch} every {args.interact} "
         f"steps after {args.seed_steps} seed + {args.unsup_steps} pre-training steps; SAC "
-        f"2 x {args.net}, batch {args.batch}, lr {args.lr}; evaluation 5 episodes. The SAC arm "
+        f"2 x {args.net}, batch {args.batch}, lr {args.lr}; query selection "
+        f"{args.query or 'uniform'}; evaluation 5 episodes. The SAC arm "
         "is the same `pbrl-train` with `reward=true_reward`.",
         "",
         "| seed | PEBBLE return | labels | SAC (true reward) return | normalised |",
