@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import abc
 import math
+import pickle
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -325,6 +327,16 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         """Frame of the live simulator's current state."""
         return self.render_state(self._get_sim_state(), width, height)
 
+    def live_sim_state(self) -> np.ndarray:
+        """The live simulator's ``sim_state`` now (after the last step or reset), as a copy.
+
+        What :meth:`get_env_state` records under ``"state"``, without the checkpoint snapshot
+        of the whole simulator.
+        """
+        if self._state is None:
+            raise ResetNeeded(f"{type(self).__name__} has no state yet: call reset() first")
+        return self._state.copy()
+
     def get_env_state(self) -> dict[str, Any]:
         """Everything needed to continue the live episode exactly (for checkpoints)."""
         return {
@@ -341,6 +353,23 @@ class PbrlEnv(gym.Wrapper, abc.ABC):
         self._ep_return = float(snap["ep_return"])
         self._ep_len = int(snap["ep_len"])
         self._find_inner_step()  # a restored episode can be stepped without a reset
+
+
+def pack_mjdata(data: Any) -> bytes:
+    """A MuJoCo ``MjData`` as bytes for a checkpoint, restored exactly by :func:`unpack_mjdata`.
+
+    The pickle holds the whole arena (12 MB for a dm_control walker, 0.7 MB for a gymnasium
+    locomotion env), mostly zeros: zlib at level 1 makes it ~17x smaller for ~50 ms, once per
+    env per checkpoint.
+    """
+    return zlib.compress(pickle.dumps(data), 1)
+
+
+def unpack_mjdata(blob: bytes) -> Any:
+    """Inverse of :func:`pack_mjdata`; also reads the plain pickles of older checkpoints."""
+    if blob[:1] != b"\x80":  # a pickle starts with its PROTO opcode; zlib's header never does
+        blob = zlib.decompress(blob)
+    return pickle.loads(blob)
 
 
 def state_reader(model: Any, data: Any, sig: int) -> Any:

@@ -46,7 +46,6 @@ by side through an episode end); it runs 1.2-1.7x faster than ``Environment.step
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,7 +53,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from pbrl.envs.base import PbrlEnv, check_render_quality, gather_reader, state_reader
+from pbrl.envs.base import (
+    PbrlEnv,
+    check_render_quality,
+    gather_reader,
+    pack_mjdata,
+    state_reader,
+    unpack_mjdata,
+)
 
 TASKS: dict[str, tuple[str, str]] = {
     "walker_walk": ("walker", "walk"),
@@ -412,7 +418,7 @@ class DMCEnv(PbrlEnv):
     def _snapshot(self) -> dict[str, Any]:
         env = self.core._env
         return {
-            "data": pickle.dumps(self.core.physics.data.ptr),
+            "data": pack_mjdata(self.core.physics.data.ptr),
             "task_random": self.core.task.random.get_state(),
             "step_count": env._step_count,
             "reset_next_step": env._reset_next_step,
@@ -420,7 +426,7 @@ class DMCEnv(PbrlEnv):
 
     def _restore(self, snap: dict[str, Any]) -> None:
         p = self.core.physics
-        mujoco.mj_copyData(p.data.ptr, p.model.ptr, pickle.loads(snap["data"]))
+        mujoco.mj_copyData(p.data.ptr, p.model.ptr, unpack_mjdata(snap["data"]))
         self.core.task.random.set_state(snap["task_random"])
         self.core._env._step_count = snap["step_count"]
         self.core._env._reset_next_step = snap["reset_next_step"]

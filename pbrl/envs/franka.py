@@ -84,7 +84,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +94,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from pbrl.envs.base import PbrlEnv
+from pbrl.envs.base import PbrlEnv, pack_mjdata, unpack_mjdata
 
 ROBOT_PACKAGE = "gymnasium-robotics"  # the PyPI distribution that ships the Panda model
 _ROBOT_MODULE = "gymnasium_robotics"
@@ -622,13 +621,13 @@ class FrankaEnv(PbrlEnv):
 
     def _snapshot(self) -> dict[str, Any]:
         return {
-            "data": pickle.dumps(self._data),
+            "data": pack_mjdata(self._data),
             "np_random": self.core.np_random.bit_generator.state,
             "elapsed": self.core._elapsed,
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:
-        mujoco.mj_copyData(self._data, self._model, pickle.loads(snap["data"]))
+        mujoco.mj_copyData(self._data, self._model, unpack_mjdata(snap["data"]))
         self.core.np_random.bit_generator.state = snap["np_random"]
         self.core._elapsed = int(snap["elapsed"])
 

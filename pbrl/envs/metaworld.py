@@ -68,7 +68,6 @@ from __future__ import annotations
 import copy
 import importlib
 import math
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType, SimpleNamespace
@@ -78,7 +77,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from pbrl.envs.base import PbrlEnv, check_render_quality
+from pbrl.envs.base import PbrlEnv, check_render_quality, pack_mjdata, unpack_mjdata
 from pbrl.envs.mujoco import make_renderer
 
 STATE_SIG = (
@@ -619,7 +618,7 @@ class MetaWorldEnv(PbrlEnv):
     def _snapshot(self) -> dict[str, Any]:
         attrs = {k: v for k, v in vars(self.mw).items() if k not in _CONFIG_ATTRS and _is_plain(v)}
         return {
-            "data": pickle.dumps(self._data),
+            "data": pack_mjdata(self._data),
             "body_pos": self._model.body_pos.copy(),
             "site_pos": self._model.site_pos.copy(),
             "attrs": copy.deepcopy(attrs),  # one deepcopy keeps aliases (obj_init_pos, ...)
@@ -627,7 +626,7 @@ class MetaWorldEnv(PbrlEnv):
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:
-        mujoco.mj_copyData(self._data, self._model, pickle.loads(snap["data"]))
+        mujoco.mj_copyData(self._data, self._model, unpack_mjdata(snap["data"]))
         self._model.body_pos[:] = snap["body_pos"]
         self._model.site_pos[:] = snap["site_pos"]
         self._placement = None

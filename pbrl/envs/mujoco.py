@@ -20,7 +20,6 @@ mocap, plugin state): everything that decides what a frame shows. Checkpoints co
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +33,9 @@ from pbrl.envs.base import (
     check_render_quality,
     factor_reader,
     find_wrapper,
+    pack_mjdata,
     state_reader,
+    unpack_mjdata,
 )
 
 _RENDER_STATE = mujoco.mjtState.mjSTATE_FULLPHYSICS
@@ -173,7 +174,7 @@ class GymMujocoEnv(PbrlEnv):
 
     def _snapshot(self) -> dict[str, Any]:
         return {
-            "data": pickle.dumps(self._data),
+            "data": pack_mjdata(self._data),
             "np_random": self.env.unwrapped.np_random.bit_generator.state,
             # this layer counts the steps (it steps under the TimeLimit: base.py)
             "elapsed": self._ep_len,
@@ -181,7 +182,7 @@ class GymMujocoEnv(PbrlEnv):
 
     def _restore(self, snap: dict[str, Any]) -> None:
         # Copy into the live MjData (other objects hold references to it).
-        mujoco.mj_copyData(self._data, self._model, pickle.loads(snap["data"]))
+        mujoco.mj_copyData(self._data, self._model, unpack_mjdata(snap["data"]))
         self.env.unwrapped.np_random.bit_generator.state = snap["np_random"]
         self._limit._elapsed_steps = snap["elapsed"]
         order = self.env

@@ -130,7 +130,7 @@ class FinalSimState(gym.Wrapper):
         """Step; on the episode's last step add the post-step simulator state."""
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
-            info[FINAL_STATE] = np.array(self._pbrl.get_env_state()["state"], np.float64)
+            info[FINAL_STATE] = np.array(self._pbrl.live_sim_state(), np.float64)
         return obs, reward, terminated, truncated, info
 
     def render_state(self, state: np.ndarray, width: int = 84, height: int = 84) -> np.ndarray:
@@ -335,7 +335,7 @@ def collect_rollouts(
             done = term or trunc
             t += 1
         states = np.asarray(s_pre, np.float64)
-        final = np.asarray(env.get_env_state()["state"], np.float64)
+        final = np.asarray(env.live_sim_state(), np.float64)
         pre.append(states)
         post.append(np.concatenate([states[1:], final[None]]))
         rew.append(np.asarray(r_ep, np.float64))
@@ -803,7 +803,7 @@ class EpisodicRolloutRelabel(BaseCallback):
         jobs = [(e, rows, post) for e, rows, post, _, _ in self._ended]
         for e, rows in enumerate(self._rows):
             if rows:  # the episode goes on: score the part played so far
-                now = np.asarray(self._pbrl[e].get_env_state()["state"], np.float64)
+                now = np.asarray(self._pbrl[e].live_sim_state(), np.float64)
                 jobs.append((e, rows, np.stack([*self._states[e][1:], now])))
                 self.partial_steps += len(rows)
         rewards = self.episode_reward_fn([post for _, _, post in jobs])
@@ -1440,7 +1440,7 @@ class RaplRun(Checkpointed):
                 ret += float(r)
                 ok |= bool(info.get("success", False))
                 done = term or trunc
-            final = np.asarray(env.get_env_state()["state"], np.float64)
+            final = np.asarray(env.live_sim_state(), np.float64)
             after = np.asarray(states[1:]).reshape(-1, len(final))
             posts.append(np.concatenate([after, final[None]]))
             returns.append(ret)
