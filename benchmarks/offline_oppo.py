@@ -83,7 +83,7 @@ def trained_oppo(cfg: DictConfig, run_dir: Path, probe_dir: Path) -> Iterator[Of
     loop = OfflineRun(cfg, probe_dir)
     try:
         state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
-        loop.agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
+        loop.agent.load_weights(state["agent"])  # type: ignore[attr-defined]
         yield loop
     finally:
         loop.close()

@@ -162,13 +162,23 @@ class CPLActor(nn.Module):
             centre: add the policy's entropy (Gaussian only), so the log-density has zero mean
                 under the policy and its constants vanish.
         """
+        raw, centred = self.log_probs(obs, act)
+        return centred if centre else raw
+
+    def log_probs(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log pi(a|s), log pi(a|s) + H(pi(.|s)))`` from one forward pass.
+
+        Equal for the deterministic actor. The BC term needs the first: the centred one's
+        gradient in ``log_std`` is ``-z^2 <= 0``, so maximising it would only widen the policy.
+        """
         mu, log_std = self(obs)
         if log_std is None:
-            return -torch.square(mu - act).sum(dim=-1)
+            lp = -torch.square(mu - act).sum(dim=-1)
+            return lp, lp
         z = (act - mu) * torch.exp(-log_std)
-        if centre:
-            return (0.5 - 0.5 * z.square()).sum(dim=-1)
-        return (-0.5 * z.square() - log_std - 0.5 * np.log(2 * np.pi)).sum(dim=-1)
+        half_sq = 0.5 * z.square()
+        raw = (-half_sq - log_std - 0.5 * np.log(2 * np.pi)).sum(dim=-1)
+        return raw, (0.5 - half_sq).sum(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +289,8 @@ class CPLAgent:
         self.optim = self._new_optim()
         self.sched: torch.optim.lr_scheduler.LambdaLR | None = None
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        if cfg.loss == "cpl" and cfg.bc_steps <= 0:  # no BC phase: contrastive from step 0
+            self.start_contrastive()
 
     def _new_optim(self, lr: float | None = None) -> torch.optim.Adam:
         fused = self.cfg.fused_adam and (self.device.type in ("cpu", "cuda"))
@@ -306,15 +318,18 @@ class CPLAgent:
             obs, act = batch.obs, batch.act
         else:
             obs, act = stack_pairs(batch)
-        lp_pol = self.actor.log_prob(obs, act, centre=cfg.centre_logprob)  # (N, H)
+        # (N, H) each: BC maximises the likelihood itself; CPL scores the (centred) one.
+        lp_bc, lp_pol = self.actor.log_probs(obs, act)
+        if not cfg.centre_logprob:
+            lp_pol = lp_bc
         if cfg.bc_data == "pos":
             if isinstance(batch, ScoreBatch):
                 raise ValueError("bc_data='pos' needs pair batches (sampling mode rank/comparison)")
-            lp1, lp2 = lp_pol.chunk(2, dim=0)
+            lp1, lp2 = lp_bc.chunk(2, dim=0)
             pos = torch.cat([lp1[batch.label <= 0.5], lp2[batch.label >= 0.5]])
             bc = -pos.mean()
         else:
-            bc = -lp_pol.mean()
+            bc = -lp_bc.mean()
         out = {"bc_loss": bc}
         if cfg.loss == "cpl":
             lp = lp_pol

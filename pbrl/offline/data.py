@@ -295,7 +295,9 @@ class BatchSampler:
             counts = torch.bincount(data.group.cpu())
             self._group_size = counts.to(data.device)
             self._group_first = (torch.cumsum(counts, 0) - counts).to(data.device)
-            # Segments are stored row by row, so a row is a contiguous index range.
+            # Row g's segments are _by_row[first_g : first_g + size_g]. A loaded file stores
+            # them row by row (_by_row is the identity); a split subset is shuffled.
+            self._by_row = torch.argsort(data.group, stable=True)
 
     def _next(self, n: int) -> torch.Tensor:
         out = []
@@ -340,9 +342,10 @@ class BatchSampler:
             i = self._next(batch_size)
             g = d.group[i]
             u = torch.rand(batch_size, generator=self.gen).to(d.device)
-            j = self._group_first[g] + (u * self._group_size[g]).long().clamp_max(
-                self._group_size[g] - 1
-            )
+            j = self._by_row[
+                self._group_first[g]
+                + (u * self._group_size[g]).long().clamp_max(self._group_size[g] - 1)
+            ]
             # Lower rank = better; the second segment is preferred when it ranks higher.
             label = (d.rank[j] < d.rank[i]).float() + 0.5 * (d.rank[j] == d.rank[i]).float()
             o1, o2 = self._offset(), self._offset()
@@ -353,7 +356,8 @@ class BatchSampler:
         # score: a batch of segments from one row (comparable with each other).
         g = int(d.group[self._next(1)].item())
         first, size = int(self._group_first[g]), int(self._group_size[g])
-        idx = first + torch.randperm(size, generator=self.gen)[: min(batch_size, size)].to(d.device)
+        pick = torch.randperm(size, generator=self.gen)[: min(batch_size, size)].to(d.device)
+        idx = self._by_row[first + pick]
         o = self._offset()
         return ScoreBatch(
             self._cut(d.obs, o)[idx], self._cut(d.actions, o)[idx], -d.rank[idx].float(),

@@ -47,6 +47,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -629,6 +630,14 @@ def label_dataset(
         fbs = []
         for src in sources:
             # Best first; a stable sort of -score breaks exact ties by segment index.
+            tied = len(scores[src]) - len(np.unique(scores[src]))
+            if tied:
+                warnings.warn(
+                    f"{tied} of {len(seg)} segments tie on an earlier segment's {src!r} score; a "
+                    "ranking has no tied places, so those ties are broken by segment index and "
+                    "learners read them as preferences. Use mode=pairs for 0.5 labels on ties",
+                    stacklevel=2,
+                )
             order = np.argsort(-scores[src], kind="stable")
             fbs.append(
                 Feedback(qb.ids[0], Label.FIRST, src, ranking=tuple(order.tolist()), timestamp=now)

@@ -211,14 +211,17 @@ class OPPOConfig:
         enc_layers: encoder layers.
         enc_heads: encoder heads.
         enc_inner: encoder feed-forward size.
-        lr: AdamW lr of encoder + policy.
-        weight_decay: AdamW weight decay (both optimisers).
-        warmup_steps: linear warm-up of the encoder/policy lr.
+        lr: AdamW lr of the policy.
+        enc_lr: AdamW lr of the encoder (constant: the reference's ``et_optimizer``, 1e-4);
+            None: the same as ``lr``.
+        weight_decay: AdamW weight decay (every parameter group).
+        warmup_steps: linear warm-up of the policy's lr (the reference warms up the policy's
+            optimiser only; the encoder's runs at its lr from the first step).
         z_lr: AdamW lr of ``z*``.
         pref_loss_ratio: weight of ``L_pref`` in step A.
         norm_loss_ratio: weight of ``L_norm`` in step A.
         margin: triplet margin.
-        grad_clip: gradient-norm clip in step A.
+        grad_clip: gradient-norm clip in step A, of the encoder and of the policy each.
         max_ep_len: size of the timestep embedding.
         pooling: ``masked_sum`` (ours) or ``sum`` (the reference's).
         fused_adam: fused AdamW kernels.
@@ -238,6 +241,7 @@ class OPPOConfig:
     enc_heads: int = 2
     enc_inner: int = 512
     lr: float = 1e-4
+    enc_lr: float | None = None
     weight_decay: float = 1e-4
     warmup_steps: int = 10_000
     z_lr: float = 1e-3
@@ -291,13 +295,20 @@ class OPPOAgent:
         self.obs_mean = obs_mean.to(self.device).float()
         self.obs_std = obs_std.to(self.device).float().clamp_min(1e-6)
         fused = cfg.fused_adam and self.device.type in ("cpu", "cuda")
-        params = [*self.encoder.parameters(), *self.policy.parameters()]
+        # One AdamW, two groups: the encoder (group 0) at a constant lr, the policy (group 1)
+        # with the warm-up, as the reference's et_optimizer and optimizer + LambdaLR.
+        enc_lr = cfg.lr if cfg.enc_lr is None else cfg.enc_lr
         self.optim = torch.optim.AdamW(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused
+            [
+                {"params": list(self.encoder.parameters()), "lr": enc_lr},
+                {"params": list(self.policy.parameters()), "lr": cfg.lr},
+            ],
+            weight_decay=cfg.weight_decay,
+            fused=fused,
         )
         w = cfg.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, lambda n: 1.0 if w == 0 else min(1.0, (n + 1) / w)
+            self.optim, [lambda n: 1.0, lambda n: 1.0 if w == 0 else min(1.0, (n + 1) / w)]
         )
         self.z_optim = torch.optim.AdamW(
             [self.z_star], lr=cfg.z_lr, weight_decay=cfg.weight_decay, fused=fused
@@ -331,8 +342,9 @@ class OPPOAgent:
         loss_a = him + cfg.pref_loss_ratio * pref + cfg.norm_loss_ratio * norm
         self.optim.zero_grad(set_to_none=True)
         loss_a.backward()
-        params = [*self.encoder.parameters(), *self.policy.parameters()]
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        # Clipped apart, as the reference does (one joint clip is up to sqrt(2) stricter).
+        torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
         self.optim.step()
         self.sched.step()
         # --- B: z* towards the (updated, detached) encodings of preferred windows ---
@@ -349,21 +361,27 @@ class OPPOAgent:
             "z_loss": float(pref_b.detach()),
             "loss": float(loss_a.detach()),
             "z_star_norm": float(self.z_star.detach().norm()),
-            "lr": float(self.optim.param_groups[0]["lr"]),
+            "lr": float(self.optim.param_groups[1]["lr"]),
+            "enc_lr": float(self.optim.param_groups[0]["lr"]),
         }
 
     @torch.no_grad()
     def evaluate_pairs(self, batch: PairBatch) -> dict[str, float]:
         """Held-out preference accuracy of ``z*`` (is it closer to the preferred window)."""
         self.encoder.eval()
-        o1, a1, _, o2, a2, _ = self.windows(batch)
+        # Fixed windows from a generator of their own: every evaluation cuts the same ones, and
+        # the training stream (self.gen) does not depend on how often or how much is evaluated.
+        gen = torch.Generator().manual_seed(0)
+        o1, a1, _, o2, a2, _ = pair_windows(batch, self.cfg.window, gen)
+        o1, o2 = self.normalise(o1), self.normalise(o2)
         z1, z2 = self.encoder(o1, a1), self.encoder(o2, a2)
         d1 = torch.linalg.vector_norm(self.z_star - z1, dim=-1)
         d2 = torch.linalg.vector_norm(self.z_star - z2, dim=-1)
         strict = batch.label != 0.5
         acc = ((d2 < d1) == (batch.label > 0.5))[strict].float().mean()
         zp, zn = split_preferred(z1, z2, batch.label)
-        return {"accuracy": float(acc), "pref_loss": float(triplet_loss(self.z_star, zp, zn))}
+        pref = triplet_loss(self.z_star, zp, zn, self.cfg.margin)
+        return {"accuracy": float(acc), "pref_loss": float(pref)}
 
     @torch.no_grad()
     def encode(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -422,13 +440,27 @@ class OPPOAgent:
             "gen": self.gen.get_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`."""
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """The trained model of a :meth:`state_dict`, without the optimisers.
+
+        Encoder, policy, ``z*`` and the state normalisation: enough to act and to encode.
+        """
         self.encoder.load_state_dict(state["encoder"])
         self.policy.load_state_dict(state["policy"])
         with torch.no_grad():
             self.z_star.copy_(state["z_star"])
         self.obs_mean, self.obs_std = state["obs_mean"], state["obs_std"]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        if len(state["optim"]["param_groups"]) != 2:
+            raise ValueError(
+                "this OPPO checkpoint predates the encoder/policy parameter groups (one "
+                "optimiser group, the encoder warmed up with the policy), so training cannot "
+                "continue from it; start the run again, or load it for evaluation with "
+                "OPPOAgent.load_weights"
+            )
+        self.load_weights(state)
         self.optim.load_state_dict(state["optim"])
         self.sched.load_state_dict(state["sched"])
         self.z_optim.load_state_dict(state["z_optim"])

@@ -125,6 +125,30 @@ def test_bc_then_contrastive_resets_optimiser_and_warms_up(rng: np.random.Genera
     assert lrs == pytest.approx([1e-2 * k / 4 for k in (2, 3, 4)] + [1e-2] * 3)
 
 
+def test_no_bc_phase_is_contrastive_from_the_first_step(rng: np.random.Generator) -> None:
+    cfg = CPLConfig(bc_steps=0, warmup_steps=2, hidden=(16,), lr=1e-2, fused_adam=False)
+    agent = CPLAgent(3, 2, cfg)
+    assert agent.optim.param_groups[0]["lr"] == pytest.approx(1e-2 / 2)  # warm-up, step 1 of 2
+    st = agent.update(_batch(rng), 0)
+    assert st["contrastive"] == 1.0 and st["loss"] == pytest.approx(st["cpl_loss"])
+    assert st["lr"] == pytest.approx(1e-2)
+
+
+def test_bc_term_of_a_centred_gaussian_is_the_true_likelihood(rng: np.random.Generator) -> None:
+    """Centring is for the scores only: BC on the centred log-density would widen sigma."""
+    cfg = CPLConfig(actor="gaussian", centre_logprob=True, bias=0.5, bc_steps=50, dropout=0.0,
+                    hidden=(16,), lr=1e-2, fused_adam=False)  # fmt: skip
+    agent = CPLAgent(3, 2, cfg)
+    batch = _batch(rng)
+    obs, act = torch.cat([batch.obs1, batch.obs2]), torch.cat([batch.act1, batch.act2])
+    parts = agent.losses(batch)
+    assert parts["bc_loss"].item() == pytest.approx(-agent.actor.log_prob(obs, act).mean().item())
+    for step in range(50):
+        agent.update(batch, step)
+    _, log_std = agent.actor(obs)
+    assert log_std.mean() < -0.5  # BC narrows the policy around the data (it starts near -1.5)
+
+
 def test_cpl_lr_sets_the_optimiser_recreated_at_the_switch(rng: np.random.Generator) -> None:
     cfg = CPLConfig(bc_steps=2, warmup_steps=2, hidden=(16,), lr=1e-2, cpl_lr=1e-4,
                     fused_adam=False)  # fmt: skip

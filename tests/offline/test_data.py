@@ -67,6 +67,24 @@ def test_score_mode_batches_one_row_and_comparison_needs_pairs() -> None:
         BatchSampler(d, "comparison")
 
 
+def test_a_split_of_several_rankings_keeps_pairs_and_score_batches_inside_one_row() -> None:
+    """split() shuffles segments, so a row is no longer a contiguous index range."""
+    d = _ranked(24, 3)
+    train, held = d.split(0.25, seed=0)
+    assert held is not None
+    for part in (train, held):
+        rank_s, score_s = BatchSampler(part, "rank", seed=0), BatchSampler(part, "score", seed=0)
+        for _ in range(30):
+            b = rank_s.sample(8)
+            i, j = b.obs1[:, 0, 0].long(), b.obs2[:, 0, 0].long()  # original segment ids
+            assert (d.group[i] == d.group[j]).all()
+            want = torch.where(d.rank[j] < d.rank[i], 1.0, torch.where(i == j, 0.5, 0.0))
+            assert torch.equal(b.label, want)
+            idx = score_s.sample(100).obs[:, 0, 0].long()
+            assert len(set(d.group[idx].tolist())) == 1
+            assert len(idx) == int((part.group == d.group[idx[0]]).sum())  # the whole row
+
+
 def _timed(n: int = 10, h: int = 8) -> PreferenceData:
     """Segments whose observation is (segment, step) and action the step, ranked by index."""
     seg = torch.arange(n, dtype=torch.float32)[:, None].expand(n, h)

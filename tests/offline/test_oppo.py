@@ -64,23 +64,37 @@ def _toy_batch(b: int, k: int, gen: torch.Generator) -> PairBatch:
 def test_steps_touch_only_their_parameters_and_z_star_moves_to_preferred() -> None:
     gen = torch.Generator().manual_seed(0)
     agent = OPPOAgent(2, 1, OPPOConfig(**TINY), torch.zeros(2), torch.ones(2), seed=0)
-    batch = _toy_batch(32, 4, gen)
-    # Step A alone never writes z*: its loss sees z*.detach().
+    agent.update(_toy_batch(32, 4, gen), 0)  # z* now holds step B's gradient
+    models = [*agent.encoder.parameters(), *agent.policy.parameters()]
+    assert {id(p) for g in agent.optim.param_groups for p in g["params"]} == {id(p) for p in models}
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def before_a(*_: object) -> None:  # inside update, right before step A's optimiser step
+        seen["z_grad_a"] = [agent.z_star.grad.clone()]
+        seen["model_grads_a"] = [p.grad.clone() for p in models]
+
+    def before_b(*_: object) -> None:
+        seen["z_grad_b"] = [agent.z_star.grad.clone()]
+        seen["model_grads_b"] = [p.grad.clone() for p in models]
+
+    z_grad_prev = agent.z_star.grad.clone()
     z0 = agent.z_star.detach().clone()
     enc0 = [p.detach().clone() for p in agent.encoder.parameters()]
-    agent.optim.zero_grad()
-    o1, a1, t1, o2, a2, t2 = agent.windows(batch)
-    z1, z2 = agent.encoder(o1, a1), agent.encoder(o2, a2)
-    zp, zn = split_preferred(z1, z2, batch.label)
-    triplet_loss(agent.z_star.detach(), zp, zn).backward()
-    assert agent.z_star.grad is None
-    # A full update changes z* only through step B, whose loss sees detached encodings.
-    agent.update(batch, 0)
+    agent.optim.register_step_pre_hook(before_a)
+    agent.z_optim.register_step_pre_hook(before_b)
+    agent.update(_toy_batch(32, 4, gen), 1)
+    # Step A's backward left z*'s gradient as step B of the last update wrote it.
+    assert torch.equal(seen["z_grad_a"][0], z_grad_prev)
+    # Step B's backward added nothing to the models' gradients, and did reach z*.
+    for ga, gb in zip(seen["model_grads_a"], seen["model_grads_b"], strict=True):
+        assert torch.equal(ga, gb)
+    assert not torch.equal(seen["z_grad_b"][0], z_grad_prev)
+    assert any(g.abs().sum() > 0 for g in seen["model_grads_a"])
     assert not torch.equal(agent.z_star.detach(), z0)
     assert any(
         not torch.equal(p, q) for p, q in zip(agent.encoder.parameters(), enc0, strict=False)
     )
-    for step in range(1, 150):
+    for step in range(2, 150):
         agent.update(_toy_batch(32, 4, gen), step)
     test = _toy_batch(256, 4, gen)
     second = test.label > 0.5
@@ -97,3 +111,34 @@ def test_steps_touch_only_their_parameters_and_z_star_moves_to_preferred() -> No
     agent.reset_eval(4)
     a = agent.act(torch.randn(4, 2).numpy())
     assert a.shape == (4, 1) and math.isfinite(float(a.sum()))
+
+
+def test_only_the_policy_warms_up_and_the_encoder_has_its_own_lr() -> None:
+    clip = 1e-4  # small enough that both models' gradients are clipped
+    cfg = OPPOConfig(**{**TINY, "warmup_steps": 10, "lr": 1e-3, "enc_lr": 1e-4, "grad_clip": clip})
+    agent = OPPOAgent(2, 1, cfg, torch.zeros(2), torch.ones(2), seed=0)
+    norms: list[float] = []
+
+    def grad_norm(params: object) -> float:
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+    agent.optim.register_step_pre_hook(
+        lambda *_: norms.extend(
+            [grad_norm(agent.encoder.parameters()), grad_norm(agent.policy.parameters())]
+        )
+    )
+    gen = torch.Generator().manual_seed(1)
+    enc_group, pol_group = agent.optim.param_groups
+    assert (enc_group["lr"], pol_group["lr"]) == pytest.approx((1e-4, 1e-4))  # step 0: 1/10
+    stats = agent.update(_toy_batch(8, 4, gen), 0)
+    assert stats["enc_lr"] == pytest.approx(1e-4) and stats["lr"] == pytest.approx(2e-4)
+    # Clipped apart, each to grad_clip (a joint clip would leave their joint norm at clip).
+    assert norms == pytest.approx([clip, clip], rel=1e-3)
+    # A checkpoint from before the two groups is refused for training, loaded for acting.
+    state = agent.state_dict()
+    old = {**state, "optim": {**state["optim"], "param_groups": state["optim"]["param_groups"][:1]}}
+    fresh = OPPOAgent(2, 1, cfg, torch.zeros(2), torch.ones(2), seed=5)
+    with pytest.raises(ValueError, match="predates the encoder/policy parameter groups"):
+        fresh.load_state_dict(old)
+    fresh.load_weights(old)
+    assert torch.equal(fresh.z_star.detach(), agent.z_star.detach())
