@@ -72,18 +72,29 @@ def test_myopic_weights_on_three_step_segment():
 
 
 def test_skip_threshold_max_seen():
-    # max |R| in the batch is 10 -> d_skip = 0.1 * 10 = 1; skip iff max(R0, R1) <= 1.
-    q = pairs([0.5, 1.0, 1.1, -10.0, 0.0], [0.9, 0.2, 0.0, -3.0, 1.0])
+    # The largest return in the batch is 10 -> d_skip = 0.1 * 10 = 1; skip iff max(R0, R1) <= 1.
+    q = pairs([0.5, 1.0, 1.1, -30.0, 0.0, 10.0], [0.9, 0.2, 0.0, -3.0, 1.0, 2.0])
     t = ScriptedTeacher(eps_skip=0.1)
     fbs = t.label(q)
-    assert labels(fbs) == [K, K, F, K, K]
-    assert t.max_seen == 10.0
-    assert all(fb.soft is None for fb in fbs)
+    assert labels(fbs) == [K, K, F, K, K, F]
+    assert t.best_seen == 10.0 and t.max_seen == 30.0  # signed (skip) and |R| (equal) scales
+    assert all(fb.soft is None for fb in fbs if fb.label == K)
     # The scale persists: a later batch of small returns is judged against 10, ...
     assert labels(t.label(pairs([0.8, 2.0], [0.3, 1.5]))) == [K, F]
     # ... and grows when larger returns appear (updated before labelling: max 30 -> d = 3).
     assert labels(t.label(pairs([2.5, 30.0], [2.0, 0.0]))) == [K, F]
-    assert t.max_seen == 30.0
+    assert t.best_seen == 30.0
+
+
+def test_skip_rule_is_off_while_no_return_shown_is_positive():
+    """B-Pref's threshold is eps * m_bar, negative on a negative-return task: nothing is
+    skipped. A |R| scale would skip every pair of Pendulum and leave the reward untrained."""
+    t = ScriptedTeacher(eps_skip=0.3)
+    rng = np.random.default_rng(0)
+    r0, r1 = rng.uniform(-500, -100, 100), rng.uniform(-500, -100, 100)
+    assert K not in labels(t.label(pairs(r0, r1)))
+    # Once a positive return appears, pairs entirely below eps * that return are skipped.
+    assert labels(t.label(pairs([-400.0, 50.0], [-300.0, 10.0]))) == [K, F]
 
 
 def test_no_skip_without_eps_skip_even_for_negative_returns():
@@ -183,14 +194,14 @@ def test_episode_threshold_uses_eps_times_m_bar_not_eps_squared():
 
 def test_state_dict_round_trip_repeats_labels():
     n = 64
-    q = pairs(np.full(n, 10.0), np.full(n, 10.3))  # above d_skip = 5, P(second) = 0.57
+    q = pairs(np.full(n, 10.0), np.full(n, 10.3))  # above d_skip = 1.03, P(second) = 0.57
     a = ScriptedTeacher(beta=1.0, eps_mistake=0.2, eps_skip=0.1, seed=7)
     a.label(pairs([-50.0], [1.0]))
     state = pickle.loads(pickle.dumps(a.state_dict()))
     expected = labels(a.label(q))
     b = ScriptedTeacher(beta=1.0, eps_mistake=0.2, eps_skip=0.1, seed=123)
     b.load_state_dict(state)
-    assert b.max_seen == 50.0
+    assert b.max_seen == 50.0 and b.best_seen == 1.0
     assert labels(b.label(q)) == expected
     assert len(set(expected)) == 2  # both answers occur, so a wrong RNG state would show
     with pytest.raises(KeyError, match="missing"):

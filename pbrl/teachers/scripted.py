@@ -14,9 +14,12 @@ per-step true rewards r_t and undiscounted returns R_i = sum_t r_t:
 5. **Mistake**: flip ``y`` with probability ``eps_mistake``.
 6. **Equal mask applied last**: masked pairs are answered ``Label.EQUAL`` whatever 4-5 said.
 
-Thresholds are ``d = eps * scale``. ``threshold="max_seen"``: ``scale`` is the largest
-``|R|`` of any segment this teacher has been shown (updated from each batch before it is
-labelled). ``threshold="episode"``: ``scale`` is B-Pref's ``m_bar = mean episode return * H /
+Thresholds are ``d = eps * scale``. ``threshold="max_seen"``: for the skip rule ``scale`` is
+the largest return ``R`` of any segment this teacher has been shown, for the equal rule the
+largest ``|R|`` (both updated from each batch before it is labelled). The skip scale is signed
+as B-Pref's ``m_bar`` is: while no segment shown has a positive return (Pendulum, a
+HalfCheetah that still goes backwards) the skip rule is off instead of skipping every pair.
+``threshold="episode"``: ``scale`` is B-Pref's ``m_bar = mean episode return * H /
 episode_length``, set with :meth:`ScriptedTeacher.set_episode_return`. We use ``eps * m_bar``;
 B-Pref's ``train_PEBBLE.py`` multiplies by ``eps`` twice after the first round
 (``d = eps**2 * m_bar``), a bug we do not reproduce.
@@ -111,7 +114,8 @@ class ScriptedTeacher:
         self.teacher_id = str(teacher_id)
         self.threshold: ThresholdMode = threshold
         self.rng = np.random.default_rng(seed)
-        self.max_seen = 0.0  # largest |segment return| shown so far
+        self.max_seen = 0.0  # largest |segment return| shown so far (equal-rule scale)
+        self.best_seen = -math.inf  # largest segment return shown so far (skip-rule scale)
         self.episode_return: float | None = None
         self.episode_length: int | None = None
 
@@ -139,10 +143,10 @@ class ScriptedTeacher:
         self.episode_return = float(mean_return)
         self.episode_length = int(episode_length)
 
-    def scale(self, horizon: int) -> float:
-        """The threshold scale for segments of ``horizon`` steps (``d = eps * scale``)."""
+    def scale(self, horizon: int, rule: Literal["skip", "equal"] = "equal") -> float:
+        """The threshold scale of ``rule`` for ``horizon``-step segments (``d = eps * scale``)."""
         if self.threshold == "max_seen":
-            return self.max_seen
+            return self.best_seen if rule == "skip" else self.max_seen
         if self.episode_return is None or self.episode_length is None:
             if self.eps_skip > 0 or self.eps_equal > 0:
                 raise RuntimeError(
@@ -173,14 +177,15 @@ class ScriptedTeacher:
         m, horizon = r0.shape
         ret0, ret1 = r0.sum(axis=1), r1.sum(axis=1)  # undiscounted returns R_i
         if m:
-            self.max_seen = max(self.max_seen, float(np.abs(np.concatenate([ret0, ret1])).max()))
-        scale = self.scale(horizon)
+            both = np.concatenate([ret0, ret1])
+            self.max_seen = max(self.max_seen, float(np.abs(both).max()))
+            self.best_seen = max(self.best_seen, float(both.max()))
 
         # 1. skip; B-Pref applies the rule only for a positive threshold.
-        d_skip = self.eps_skip * scale
+        d_skip = self.eps_skip * self.scale(horizon, "skip") if self.eps_skip > 0 else 0.0
         skip = np.maximum(ret0, ret1) <= d_skip if d_skip > 0 else np.zeros(m, bool)
         # 2. equal mask on undiscounted returns (strict <, so d = 0 never masks).
-        equal = np.abs(ret0 - ret1) < self.eps_equal * scale
+        equal = np.abs(ret0 - ret1) < self.eps_equal * self.scale(horizon, "equal")
         # 3. myopic returns.
         w = discount_weights(horizon, self.gamma)
         diff = r1 @ w - r0 @ w  # R_1^g - R_0^g
@@ -221,6 +226,7 @@ class ScriptedTeacher:
         return {
             "rng": self.rng.bit_generator.state,
             "max_seen": self.max_seen,
+            "best_seen": self.best_seen,
             "episode_return": self.episode_return,
             "episode_length": self.episode_length,
         }
@@ -232,5 +238,7 @@ class ScriptedTeacher:
             raise KeyError(f"teacher state is missing {sorted(missing)}")
         self.rng.bit_generator.state = state["rng"]
         self.max_seen = float(state["max_seen"])
+        # Checkpoints from before the signed skip scale: it rebuilds from the next batch.
+        self.best_seen = float(state.get("best_seen", -math.inf))
         self.episode_return = state["episode_return"]
         self.episode_length = state["episode_length"]
