@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -455,6 +455,39 @@ class FeedbackStore:
         for label, n in self._read(sql + " GROUP BY label", params):
             out[LABEL_NAMES[label]] = n
         return out
+
+    def high_water(self) -> dict[str, int]:
+        """The ``seq`` of the last query and of the last label stored (0 when none).
+
+        A run's checkpoint records it, so that a resumed run can :meth:`rewind` to it.
+        """
+        q, f = self._read(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM queries), "
+            "(SELECT COALESCE(MAX(seq), 0) FROM feedback)"
+        )[0]
+        return {"queries": int(q), "feedback": int(f)}
+
+    def rewind(self, mark: Mapping[str, int]) -> tuple[int, int]:
+        """Delete what was stored after ``mark`` (a :meth:`high_water`), in one transaction.
+
+        The queries stored after it go with their segments and every label on them, and so
+        do the labels stored after it (on any query). For a run resumed from a checkpoint whose
+        labels come from a synthetic teacher: it asks those queries again, so the store ends
+        as an uninterrupted run's would. Never used for people's labels (they cannot be asked
+        again; see :class:`~pbrl.teachers.human.HumanTeacher`).
+
+        Returns:
+            ``(queries removed, labels removed)``.
+        """
+        q_mark, f_mark = int(mark["queries"]), int(mark["feedback"])
+        with self._tx() as c:
+            stale = "SELECT id FROM queries WHERE seq > ?"
+            labels = c.execute(
+                f"DELETE FROM feedback WHERE seq > ? OR query_id IN ({stale})", (f_mark, q_mark)
+            ).rowcount
+            c.execute(f"DELETE FROM segments WHERE query_id IN ({stale})", (q_mark,))
+            queries = c.execute("DELETE FROM queries WHERE seq > ?", (q_mark,)).rowcount
+        return int(queries), int(labels)
 
     def teacher_ids(self) -> list[str]:
         """Distinct teacher ids, in order of their first label."""

@@ -109,6 +109,55 @@ def test_run_in_pieces_equals_run_at_once(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
+def test_resume_after_rounds_past_the_checkpoint_asks_them_again(tmp_path: Path) -> None:
+    """A run killed after feedback rounds that its last checkpoint does not hold: the store
+    is rewound to the checkpoint, the rounds are asked again, and the run ends as an
+    uninterrupted one (the store kept the later rounds, which used to reach the reward model
+    early under reused query ids)."""
+    cfg = fast_cfg("num_train_steps=2000", "eval.every=2000")
+
+    def finish(loop: PreferenceLoop) -> tuple[dict, np.ndarray, dict, list[str]]:
+        try:
+            metrics = loop.run()
+            arrays = loop.store.training_arrays()[2]
+            return metrics, arrays, loop.store.counts(), loop.store.query_ids()
+        finally:
+            loop.close()
+
+    whole = finish(PreferenceLoop(cfg, tmp_path / "whole"))
+    run_dir = tmp_path / "killed"
+    loop = PreferenceLoop(cfg, run_dir)
+    loop.run(until=1000)  # rounds at 750 (and the first training) ...
+    loop.save_checkpoint()
+    loop.run(until=1800)  # ... 1250 and 1750, stored past the checkpoint: then "killed"
+    past = loop.store.counts()
+    loop.close()
+    resumed = PreferenceLoop(cfg, run_dir)
+    assert resumed.try_resume()
+    assert sum(resumed.store.counts().values()) < sum(past.values())  # rewound
+    metrics, arrays, counts, ids = finish(resumed)
+    assert counts == whole[2] and ids == whole[3]
+    np.testing.assert_array_equal(arrays, whole[1])
+    for key in ("eval/true_return", "pref/accuracy_labelled", "pref/labels"):
+        assert metrics[key] == whole[0][key], key
+
+
+def test_a_persons_labels_are_never_rewound(tmp_path: Path) -> None:
+    loop = PreferenceLoop(fast_cfg("num_train_steps=1000", "eval.every=1000"), tmp_path)
+    try:
+        loop.run(until=800)  # the first round (10 labels) at 750
+        labelled = loop.store.num_labels()
+        assert labelled == 10
+        loop.teacher.labels_irreplaceable = True  # as HumanTeacher declares
+        loop.store_mark = {"queries": 0, "feedback": 0}  # a checkpoint from before the round
+        assert loop.store.num_labels() == labelled
+        del loop.teacher.labels_irreplaceable
+        loop.store_mark = {"queries": 0, "feedback": 0}
+        assert loop.store.num_labels() == 0 and loop.store.num_queries() == 0
+    finally:
+        loop.close()
+
+
 def test_sac_rewards_deferred_to_the_buffer_equal_the_learned_reward(tmp_path: Path) -> None:
     """PEBBLE's agent.defer_rewards: no step's reward is lost or left as its placeholder."""
     cfg = fast_cfg("num_train_steps=1300", "eval.every=1300")

@@ -208,6 +208,29 @@ def test_queries_twice_is_a_no_op(store: FeedbackStore, rng) -> None:
         store.add_queries(make_queries(rng, 1, k=3, kind="triplet"))
 
 
+def test_rewind_removes_what_was_stored_after_the_mark(store: FeedbackStore, rng) -> None:
+    assert store.high_water() == {"queries": 0, "feedback": 0}
+    store.add_queries(make_queries(rng, 2))  # q0000, q0001
+    store.add(Feedback("q0000", Label.SECOND, "oracle"))
+    mark = store.high_water()
+    assert mark == {"queries": 2, "feedback": 1}
+    # After the mark: a label on an earlier query, new queries and their labels.
+    store.add(Feedback("q0001", Label.FIRST, "oracle"))
+    store.add_queries(make_queries(rng, 2, start_id=2))  # q0002, q0003
+    store.add(Feedback("q0002", Label.EQUAL, "oracle"))
+    assert store.rewind(mark) == (2, 2)
+    assert store.query_ids() == ["q0000", "q0001"] and store.num_labels() == 1
+    assert store.feedback()[0].query_id == "q0000"
+    assert store.unlabelled_query_ids() == ["q0001"]
+    assert store.rewind(mark) == (0, 0)
+    # The removed ids can be stored again, with other segments and answers.
+    again = make_queries(rng, 1, start_id=2)
+    assert store.add_queries(again) == 1
+    store.add(Feedback("q0002", Label.FIRST, "oracle"))
+    assert_segments_equal(store.get_query("q0002").segments, again.segments)
+    assert store.training_arrays()[2].tolist() == [1.0, 0.0]
+
+
 def test_conflicting_answer_under_same_id_raises_and_rolls_back(store: FeedbackStore, rng) -> None:
     store.add_queries(make_queries(rng, 2))
     store.add(Feedback("q0000", Label.SECOND, "human:bob"))

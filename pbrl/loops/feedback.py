@@ -13,6 +13,7 @@ new scalar, HERON's levels) reaches both loops at once.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ FEEDBACK_STATE_KEYS = (
     "labelled_target",
     "labelled_levels",
     "last",
+    "store_mark",
 )
 
 
@@ -180,6 +182,35 @@ class FeedbackRounds:
         self.labelled_target = np.zeros(0, np.float32)
         self.labelled_levels = np.zeros(0, np.int64)  # deciding level per pair (HERON)
         self.last: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------
+    # the store across a resume
+    @property
+    def store_mark(self) -> dict[str, int]:
+        """The feedback store's :meth:`~pbrl.store.FeedbackStore.high_water` (checkpointed)."""
+        return self.store.high_water()
+
+    @store_mark.setter
+    def store_mark(self, mark: dict[str, int]) -> None:
+        """Restoring a checkpoint: bring the store back to the checkpoint's ``mark``.
+
+        The store outlives the checkpoint: rounds run after it (until the run was killed)
+        are in the store but not in the restored state, and the resumed run asks them again
+        under the same query ids. A synthetic teacher's labels are deleted from ``mark`` on
+        (:meth:`~pbrl.store.FeedbackStore.rewind`) and regenerated, so the run goes on as if
+        never stopped. A person's labels (``labels_irreplaceable``) are kept: the replayed
+        rounds find them answered, and every one of them trains the reward model.
+        """
+        if getattr(self.teacher, "labels_irreplaceable", False):
+            return
+        queries, labels = self.store.rewind(mark)
+        if queries or labels:
+            print(
+                f"feedback store rewound to the checkpoint: {queries} queries and {labels} "
+                f"labels stored after it removed; the {self.teacher.teacher_id} teacher answers "
+                "them again",
+                file=sys.stderr,
+            )
 
     # ------------------------------------------------------------------------------------
     # hooks

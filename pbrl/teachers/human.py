@@ -75,6 +75,10 @@ class HumanTeacher:
         teacher_id: this teacher's name (labels carry ``human:<labeller>``).
     """
 
+    # People's answers cannot be asked again: a resumed run keeps the labels given after its
+    # last checkpoint (pbrl.loops.feedback), where a synthetic teacher's are asked again.
+    labels_irreplaceable = True
+
     def __init__(
         self,
         store: str | Path,
