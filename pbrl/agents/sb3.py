@@ -134,7 +134,30 @@ class _FixedHorizonMixin:
 
 
 class PbrlSAC(_FixedHorizonMixin, SAC):
-    """SB3 SAC with whole-run schedules."""
+    """SB3 SAC with whole-run schedules and a whole-run target-update interval.
+
+    SB3 updates the target critic when ``gradient_step % target_update_interval == 0``, with
+    ``gradient_step`` counted inside one ``train()`` call; PEBBLE trains one step per call
+    (``gradient_steps=1``), so the target would move every step whatever the interval.
+    B-Pref's ``critic_target_update_frequency: 2`` counts the run's steps: here the target
+    moves on the gradient steps ``n`` of the whole run (``_n_updates``) with ``n % interval
+    == 0``.
+    """
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """SB3's update, one gradient step at a time when the interval is above 1."""
+        interval = int(self.target_update_interval)
+        if interval <= 1:
+            super().train(gradient_steps, batch_size)
+            return
+        tau = self.tau
+        self.target_update_interval = 1  # SB3 then applies polyak_update(tau) on every step:
+        try:  # tau = 0 makes it leave the target as it is (exactly: t * 1 + p * 0)
+            for _ in range(gradient_steps):
+                self.tau = tau if self._n_updates % interval == 0 else 0.0
+                super().train(1, batch_size)
+        finally:
+            self.tau, self.target_update_interval = tau, interval
 
 
 class PbrlPPO(_FixedHorizonMixin, PPO):
