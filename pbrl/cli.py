@@ -135,6 +135,8 @@ ADDED_KEYS: dict[str, object] = {
     # pbrl 0.1 (FastDropout, d495546): the offline agents' dropout; runs before it used
     # torch's nn.Dropout, which draws its masks from another random stream
     "agent.fast_dropout": False,
+    # pbrl 0.1 (B-Pref's SAC actor): runs before it used SB3's log-std clamp to [-20, 2]
+    "agent.log_std_bounds": None,
 }
 """Config keys added after runs were saved, each with the value that makes a run saved before
 the key existed continue the way it ran (see :func:`adopt_added_keys`)."""

@@ -32,6 +32,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.sac.policies import Actor, SACPolicy
 from torch.optim.adam import adam as adam_functional
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -133,6 +134,59 @@ class _FixedHorizonMixin:
         self._current_progress_remaining = 1.0 - float(num_timesteps) / float(total)
 
 
+class BoundedLogStdActor(Actor):
+    """SB3's SAC actor with B-Pref's squashed log-std instead of SB3's clamp.
+
+    B-Pref's ``DiagGaussianActor`` maps the network's raw log-std through ``tanh`` into
+    ``log_std_bounds`` (``[-5, 2]`` in its ``config/agent/sac.yaml``):
+    ``lo + (hi - lo) * (tanh(x) + 1) / 2``, smooth and never below ``e^-5``. SB3 clamps to
+    ``[-20, 2]``, which lets a collapsing policy reach ``sigma = 2e-9`` with zero gradient
+    at the bound.
+    """
+
+    def __init__(self, *args: Any, log_std_bounds: Sequence[float] = (-5.0, 2.0), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        lo, hi = (float(b) for b in log_std_bounds)
+        if not lo < hi:
+            raise ValueError(f"log_std_bounds={list(log_std_bounds)} needs low < high")
+        self.log_std_bounds = (lo, hi)
+
+    def get_action_dist_params(self, obs: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Mean and B-Pref's tanh-bounded log-std (gSDE: SB3's own parameters)."""
+        if self.use_sde:
+            return super().get_action_dist_params(obs)
+        features = self.extract_features(obs, self.features_extractor)
+        latent_pi = self.latent_pi(features)
+        lo, hi = self.log_std_bounds
+        log_std = torch.tanh(self.log_std(latent_pi))  # type: ignore[operator]
+        return self.mu(latent_pi), lo + 0.5 * (hi - lo) * (log_std + 1.0), {}
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "log_std_bounds": self.log_std_bounds}
+
+
+class PbrlSACPolicy(SACPolicy):
+    """SB3's ``MlpPolicy`` for SAC, with an optional B-Pref log-std range for the actor.
+
+    ``log_std_bounds=None`` is SB3's actor exactly (clamp to ``[-20, 2]``); a pair
+    ``(lo, hi)`` selects :class:`BoundedLogStdActor`.
+    """
+
+    def __init__(self, *args: Any, log_std_bounds: Sequence[float] | None = None, **kwargs: Any):
+        self.log_std_bounds = None if log_std_bounds is None else tuple(log_std_bounds)
+        super().__init__(*args, **kwargs)  # builds the actor (make_actor) in here
+
+    def make_actor(self, features_extractor: Any = None) -> Actor:
+        """SB3's actor, or the bounded one when ``log_std_bounds`` is set."""
+        if self.log_std_bounds is None:
+            return super().make_actor(features_extractor)
+        kwargs = self._update_features_extractor(self.actor_kwargs, features_extractor)
+        return BoundedLogStdActor(**kwargs, log_std_bounds=self.log_std_bounds).to(self.device)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), "log_std_bounds": self.log_std_bounds}
+
+
 class PbrlSAC(_FixedHorizonMixin, SAC):
     """SB3 SAC with whole-run schedules and a whole-run target-update interval.
 
@@ -142,7 +196,11 @@ class PbrlSAC(_FixedHorizonMixin, SAC):
     B-Pref's ``critic_target_update_frequency: 2`` counts the run's steps: here the target
     moves on the gradient steps ``n`` of the whole run (``_n_updates``) with ``n % interval
     == 0``.
+
+    ``"MlpPolicy"`` is :class:`PbrlSACPolicy` (SB3's, plus ``policy_kwargs["log_std_bounds"]``).
     """
+
+    policy_aliases: ClassVar[dict[str, type]] = {**SAC.policy_aliases, "MlpPolicy": PbrlSACPolicy}
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         """SB3's update, one gradient step at a time when the interval is above 1."""

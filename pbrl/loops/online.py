@@ -75,6 +75,20 @@ def _optimizer_kwargs(agent_cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
+def _log_std_bounds(agent_cfg: DictConfig) -> tuple[float, float] | None:
+    """``agent.log_std_bounds``: B-Pref's SAC actor log-std range, or null for SB3's clamp."""
+    bounds = agent_cfg.get("log_std_bounds")
+    if bounds is None:
+        return None
+    bounds = list(bounds)
+    if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+        raise RunError(
+            f"agent.log_std_bounds={bounds} must be [low, high] with low < high "
+            "(B-Pref: [-5, 2]), or null for SB3's clamp to [-20, 2]"
+        )
+    return float(bounds[0]), float(bounds[1])
+
+
 class PreferenceLoop(OnlineLoop):
     """One online PbRL run (PEBBLE or PrefPPO) writing into ``run_dir``.
 
@@ -140,7 +154,11 @@ class PreferenceLoop(OnlineLoop):
                 batch_size=int(a.batch_size),
                 replay_buffer_class=PbrlReplayBuffer,
                 replay_buffer_kwargs=buffer_kwargs,
-                policy_kwargs={"net_arch": list(a.net_arch), **_optimizer_kwargs(a)},
+                policy_kwargs={
+                    "net_arch": list(a.net_arch),
+                    "log_std_bounds": _log_std_bounds(a),
+                    **_optimizer_kwargs(a),
+                },
                 seed=seed,
                 device=self.device,
                 **sb3_kwargs,
