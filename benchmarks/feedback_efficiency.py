@@ -23,6 +23,12 @@ sets how much a stop can cost (default: one checkpoint at the end, as for short 
     python benchmarks/feedback_efficiency.py --steps 500000 --seeds 0 --arms pebble \
         --checkpoint-every 20000 --runs-dir R
 
+The method notes' controls run as extra arms beside the same SAC normaliser and add columns
+(``--arms pebble sac random_labels no_pretrain_relabel``): PEBBLE with random labels
+(``teacher=mistake teacher.eps_mistake=0.5``) and PEBBLE without pre-training and without
+relabelling (``agent.num_unsup_steps=0 agent.relabel=false``, the PEBBLE paper's ablations).
+PEBBLE should be clearly above both. ``--title`` writes a section of its own.
+
 B-Pref's own protocol (walker_walk, 1000 labels, 500k steps, 10 seeds, SAC 2 x 1024 with batch
 1024) needs a GPU; the flags shrink it to what a CPU can run, and the results section says so.
 """
@@ -52,8 +58,28 @@ PAPER = (
 )
 
 
-def run_arm(args: argparse.Namespace, seed: int, true_reward: bool, root: Path) -> dict:
-    name = f"{'sac_true' if true_reward else 'pebble'}-{args.env}-s{seed}"
+ARMS = {
+    # arm: (run-dir prefix, extra overrides, what it is)
+    "pebble": ("pebble", [], "PEBBLE"),
+    "sac": ("sac_true", ["reward=true_reward"], "SAC on the true reward (the normaliser)"),
+    # the method notes' controls (PEBBLE, ablations in its section 4.3):
+    "random_labels": (
+        "random_labels",
+        ["teacher=mistake", "teacher.eps_mistake=0.5"],
+        "PEBBLE with random labels (every label flipped with probability 0.5)",
+    ),
+    "no_pretrain_relabel": (
+        "no_pretrain_relabel",
+        ["agent.num_unsup_steps=0", "agent.relabel=false"],
+        "PEBBLE without state-entropy pre-training and without relabelling",
+    ),
+}
+"""The arms: ``pebble`` and ``sac`` make the table; the two controls add columns."""
+
+
+def run_arm(args: argparse.Namespace, seed: int, arm: str, root: Path) -> dict:
+    prefix, extra, _ = ARMS[arm]
+    name = f"{prefix}-{args.env}-s{seed}"
     run_dir = root / name
     overrides = [
         f"env={args.env}",
@@ -75,8 +101,7 @@ def run_arm(args: argparse.Namespace, seed: int, true_reward: bool, root: Path) 
     ]
     if args.query:
         overrides.append(f"query={args.query}")
-    if true_reward:
-        overrides.append("reward=true_reward")
+    overrides += extra
     record = run_dir / "bench_arm.json"
     if record.exists():  # finished earlier into --runs-dir with the same settings: reuse it
         saved = json.loads(record.read_text())
@@ -162,47 +187,69 @@ def main() -> None:
     p.add_argument(
         "--arms",
         nargs="+",
-        choices=["pebble", "sac"],
+        choices=list(ARMS),
         default=["pebble", "sac"],
-        help="run only these arms (with --runs-dir; results need both)",
+        help="run these arms (default: pebble sac); the controls random_labels and "
+        "no_pretrain_relabel add columns; a run without both pebble and sac needs --runs-dir "
+        "and no --write-results",
+    )
+    p.add_argument(
+        "--title",
+        default=None,
+        help="appended to the RESULTS section's title (a section of its own, e.g. for another "
+        "code version), so --write-results leaves the plain section alone",
     )
     p.add_argument("--write-results", action="store_true")
     args = p.parse_args()
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
-    if set(args.arms) != {"pebble", "sac"} and (args.runs_dir is None or args.write_results):
-        p.error("--arms with one arm needs --runs-dir and no --write-results")
+    complete = {"pebble", "sac"} <= set(args.arms)
+    if not complete and (args.runs_dir is None or args.write_results):
+        p.error("--arms without both pebble and sac needs --runs-dir and no --write-results")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.runs_dir) if args.runs_dir else Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        jobs = [(seed, arm == "sac") for seed in args.seeds for arm in args.arms]
+        jobs = [(seed, arm) for seed in args.seeds for arm in args.arms]
         with ThreadPoolExecutor(args.jobs) as pool:
-            futures = {job: pool.submit(run_arm, args, job[0], job[1], root) for job in jobs}
+            futures = {job: pool.submit(run_arm, args, *job, root) for job in jobs}
             done = {job: f.result() for job, f in futures.items()}
-        if set(args.arms) != {"pebble", "sac"}:
+        if not complete:
             print(f"ran {args.arms} for seeds {args.seeds} into {root}")
             return
+        controls = [a for a in args.arms if a not in ("pebble", "sac")]
         for seed in args.seeds:
-            pebble, sac = done[(seed, False)], done[(seed, True)]
-            norm = pebble["return"] / sac["return"] if sac["return"] else float("nan")
-            rows.append((seed, pebble, sac, norm))
+            sac = done[(seed, "sac")]
+            norm = {a: _normalised(done[(seed, a)], sac) for a in ["pebble", *controls]}
+            rows.append((seed, {a: done[(seed, a)] for a in args.arms}, norm))
+            pebble = done[(seed, "pebble")]
             print(
                 f"seed {seed}: PEBBLE {pebble['return']:.1f} ({pebble['labels']:.0f} labels, "
                 f"{pebble['wall_s']:.0f}s) | SAC true reward {sac['return']:.1f} "
-                f"({sac['wall_s']:.0f}s) | normalised {norm:.2f}",
+                f"({sac['wall_s']:.0f}s) | normalised {norm['pebble']:.2f}"
+                + "".join(f" | {a} {norm[a]:.2f}" for a in controls),
                 flush=True,
             )
-    mean_norm = sum(r[3] for r in rows) / len(rows)
-    print(f"mean normalised return: {mean_norm:.2f}")
+    print(f"mean normalised return: {_mean_std([r[2]['pebble'] for r in rows])}")
     if args.write_results:
-        write_results(args, rows, mean_norm)
+        write_results(args, rows, controls)
 
 
-def write_results(args: argparse.Namespace, rows: list, mean_norm: float) -> None:
+def _normalised(arm: dict, sac: dict) -> float:
+    return arm["return"] / sac["return"] if sac["return"] else float("nan")
+
+
+def _mean_std(xs: list[float]) -> str:
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return f"{m:.2f} ± {sd:.2f}"
+
+
+def write_results(args: argparse.Namespace, rows: list, controls: list[str]) -> None:
     cmd = "python benchmarks/feedback_efficiency.py " + " ".join(sys.argv[1:])
-    header = f"{SECTION}: {args.env}"
+    header = f"{SECTION}: {args.env}" + (f", {args.title}" if args.title else "")
+    names = {"random_labels": "random labels", "no_pretrain_relabel": "no pre-training/relabel"}
     lines = [
         header,
         "",
@@ -215,16 +262,30 @@ def write_results(args: argparse.Namespace, rows: list, mean_norm: float) -> Non
         f"{args.query or 'uniform'}; evaluation 5 episodes. The SAC arm "
         "is the same `pbrl-train` with `reward=true_reward`.",
         "",
-        "| seed | PEBBLE return | labels | SAC (true reward) return | normalised |",
-        "|---|---|---|---|---|",
     ]
-    for seed, pebble, sac, norm in rows:
-        lines.append(
-            f"| {seed} | {pebble['return']:.1f} | {pebble['labels']:.0f} | "
-            f"{sac['return']:.1f} | {norm:.2f} |"
+    for a in controls:
+        lines.append(f"- control `{a}`: {ARMS[a][2]} (`{' '.join(ARMS[a][1])}`).")
+    if controls:
+        lines.append("")
+    head = "| seed | PEBBLE return | labels | SAC (true reward) return | normalised |"
+    rule = "|---|---|---|---|---|"
+    for a in controls:
+        head += f" {names[a]} return | {names[a]} normalised |"
+        rule += "---|---|"
+    lines += [head, rule]
+    for seed, arms, norm in rows:
+        line = (
+            f"| {seed} | {arms['pebble']['return']:.1f} | {arms['pebble']['labels']:.0f} | "
+            f"{arms['sac']['return']:.1f} | {norm['pebble']:.2f} |"
         )
+        for a in controls:
+            line += f" {arms[a]['return']:.1f} | {norm[a]:.2f} |"
+        lines.append(line)
+    mean = f"| mean ± std | | | | {_mean_std([r[2]['pebble'] for r in rows])} |"
+    for a in controls:
+        mean += f" | {_mean_std([r[2][a] for r in rows])} |"
     lines += [
-        f"| mean | | | | {mean_norm:.2f} |",
+        mean,
         "",
         f"Paper: {PAPER}",
         "",

@@ -137,6 +137,8 @@ ADDED_KEYS: dict[str, object] = {
     "agent.fast_dropout": False,
     # pbrl 0.1 (B-Pref's SAC actor): runs before it used SB3's log-std clamp to [-20, 2]
     "agent.log_std_bounds": None,
+    # pbrl 0.1: the relabelling switch (runs before it always relabelled)
+    "agent.relabel": True,
 }
 """Config keys added after runs were saved, each with the value that makes a run saved before
 the key existed continue the way it ran (see :func:`adopt_added_keys`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -177,5 +178,45 @@ def test_sac_rewards_deferred_to_the_buffer_equal_the_learned_reward(tmp_path: P
         act = buf.actions[:n].reshape(-1, loop.act_dim).astype(np.float32)
         want = loop.learner.reward_fn(obs, act).reshape(n, buf.n_envs)
         np.testing.assert_allclose(buf.rewards[:n], want, rtol=1e-5, atol=1e-6)
+    finally:
+        loop.close()
+
+
+def test_without_relabelling_a_row_keeps_the_reward_it_was_stored_with(tmp_path: Path) -> None:
+    """agent.relabel=false (the PEBBLE paper's ablation): rows are not rewritten by updates.
+
+    Rows stored before the first reward training get the first model's reward once; every
+    later row keeps the reward of the model current when it was stored.
+    """
+    cfg = fast_cfg("num_train_steps=1800", "eval.every=1800", "agent.relabel=false")
+    loop = PreferenceLoop(cfg, tmp_path)
+    models: list[tuple[int, object]] = []  # (rows stored at the update, the model after it)
+    after = loop._after_reward_update
+
+    def spy() -> None:
+        after()
+        models.append((loop.buffer.size(), copy.deepcopy(loop.learner)))
+
+    loop._after_reward_update = spy  # type: ignore[method-assign]
+    try:
+        loop.run()
+        assert not loop.defer_rewards and loop.reward_updates == len(models) >= 3
+        buf, n = loop.buffer, loop.buffer.size()
+        obs = buf.observations[:n].reshape(-1, loop.obs_dim).astype(np.float32)
+        act = buf.actions[:n].reshape(-1, loop.act_dim).astype(np.float32)
+
+        def reward_of(model: object) -> np.ndarray:
+            return model.reward_fn(obs, act).reshape(n, buf.n_envs)  # type: ignore[attr-defined]
+
+        ends = [m[0] for m in models[1:]] + [n]
+        start = 0
+        for (_, model), end in zip(models, ends, strict=True):
+            np.testing.assert_allclose(
+                buf.rewards[start:end], reward_of(model)[start:end], rtol=1e-5, atol=1e-6
+            )
+            start = end
+        # the rows before the last update were not rewritten with the last model's reward
+        last_start = models[-1][0]
+        assert not np.allclose(buf.rewards[:last_start], reward_of(models[-1][1])[:last_start])
     finally:
         loop.close()

@@ -98,6 +98,8 @@ class PreferenceLoop(OnlineLoop):
             config go.
     """
 
+    SCHEDULE_KEYS = (*OnlineLoop.SCHEDULE_KEYS, "reward_updates")
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -204,6 +206,7 @@ class PreferenceLoop(OnlineLoop):
         self.model.set_logger(make_logger(self._sb3_scalar))
 
         self._init_schedule()  # (checkpointed)
+        self.reward_updates = 0  # reward-model trainings so far (checkpointed)
 
     # ------------------------------------------------------------------------------------
     # rewards seen by the agent
@@ -231,7 +234,11 @@ class PreferenceLoop(OnlineLoop):
         them (same values, ~10x fewer passes over the reward ensemble's weights; see
         :meth:`pbrl.buffer.PbrlReplayBuffer.defer_rewards`).
         """
-        return self.algo == "sac" and bool(self.cfg.agent.get("defer_rewards", True))
+        # Without relabelling a row's reward is the model's at insertion: deferring would
+        # compute it with a later model.
+        return (
+            self.algo == "sac" and bool(self.cfg.agent.get("defer_rewards", True)) and self.relabel
+        )
 
     def _defer_rewards(self) -> None:
         if self.defer_rewards and self.reward_active:
@@ -337,10 +344,22 @@ class PreferenceLoop(OnlineLoop):
             return None
         return float(np.mean([ep["r"] for ep in list(self.model.ep_info_buffer)[-10:]]))
 
+    @property
+    def relabel(self) -> bool:
+        """``agent.relabel`` (default true): rewrite the whole replay buffer after each update.
+
+        False is the PEBBLE paper's "without relabelling" ablation: a transition keeps the
+        learned reward of the model current when it was stored; those stored before the first
+        reward training get the first model's reward, once.
+        """
+        return bool(self.cfg.agent.get("relabel", True))
+
     def _after_reward_update(self) -> None:
         if self.algo == "sac":
-            self.buffer.relabel(self.learner.reward_fn)
+            if self.relabel or self.reward_updates == 0:
+                self.buffer.relabel(self.learner.reward_fn)
             self._defer_rewards()
+        self.reward_updates += 1
 
     def _policy(self, obs: np.ndarray) -> np.ndarray:
         if self.algo == "ppo" and self.vecnorm is not None:
