@@ -220,3 +220,16 @@ def test_without_relabelling_a_row_keeps_the_reward_it_was_stored_with(tmp_path:
         assert not np.allclose(buf.rewards[:last_start], reward_of(models[-1][1])[:last_start])
     finally:
         loop.close()
+
+
+def test_pebble_actor_gets_b_prefs_log_std_bounds(tmp_path: Path) -> None:
+    from pbrl.agents.sb3 import BoundedLogStdActor
+
+    loop = PreferenceLoop(fast_cfg(), tmp_path / "a")
+    try:
+        assert isinstance(loop.model.actor, BoundedLogStdActor)
+        assert loop.model.actor.log_std_bounds == (-5.0, 2.0)
+    finally:
+        loop.close()
+    with pytest.raises(RunError, match=r"log_std_bounds=\[2, -5\] must be \[low, high\]"):
+        PreferenceLoop(fast_cfg("agent.log_std_bounds=[2,-5]"), tmp_path / "b")
