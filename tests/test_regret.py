@@ -160,6 +160,28 @@ def test_critic_oracle_and_make_teacher_errors():
         make_teacher("regret", critic="/nonexistent/oracle.zip")
 
 
+def test_sb3_critic_oracle_scores_the_segments_own_actions(tmp_path):
+    """Segments hold actions in [-1, 1] (SAC's buffer convention): Pendulum's box is [-2, 2],
+    so rescaling them again would score a / 2 instead of a."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    model = SAC("MlpPolicy", gym.make("Pendulum-v1"), policy_kwargs={"net_arch": [16]}, seed=0)
+    model.save(tmp_path / "oracle")
+    oracle = CriticOracle.from_sb3(tmp_path / "oracle.zip")
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    act = np.array([[-1.0], [-0.5], [0.0], [0.5], [1.0]], np.float32)
+
+    def q(a: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            qs = model.policy.critic(torch.as_tensor(obs), torch.as_tensor(a))
+        return torch.min(torch.cat(qs, dim=1), dim=1).values.numpy()
+
+    np.testing.assert_allclose(oracle.q_fn(obs, act), q(act), rtol=1e-5, atol=1e-6)
+    # outside the box: clipped to it, never extrapolated
+    np.testing.assert_allclose(oracle.q_fn(obs, 3 * act), q(np.clip(3 * act, -1, 1)), rtol=1e-5)
+
+
 # --- tabular learners ------------------------------------------------------------------------
 def test_soft_values_tend_to_hard_and_gradient_is_successor_features():
     mdp = delivery_mdp()

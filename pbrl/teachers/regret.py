@@ -129,8 +129,10 @@ class CriticOracle:
     def from_sb3(cls, path: str | Path, device: str = "cpu") -> CriticOracle:
         """Load a stable-baselines3 SAC zip (see :func:`train_oracle_critic`).
 
-        ``Q(s, a) = min_i Q_i(s, scale(a))`` with the env action rescaled to SAC's
-        ``[-1, 1]``; ``V(s) = Q(s, mu(s))`` with ``mu`` the deterministic (mean) actor.
+        ``Q(s, a) = min_i Q_i(s, a)`` with ``a`` as segments hold it: already in SAC's
+        ``[-1, 1]`` convention (:func:`pbrl.agents.sb3.scale_action`, the replay buffer's and the
+        datasets'), so it is not rescaled again, only clipped to the box; ``V(s) = Q(s, mu(s))``
+        with ``mu`` the deterministic (mean) actor.
         """
         import torch
         from stable_baselines3 import SAC
@@ -152,8 +154,8 @@ class CriticOracle:
 
         @torch.no_grad()
         def q_fn(o: np.ndarray, a: np.ndarray) -> np.ndarray:
-            a_scaled = policy.scale_action(np.asarray(a, np.float32))
-            at = torch.as_tensor(a_scaled, dtype=torch.float32, device=policy.device)
+            a_unit = np.clip(np.asarray(a, np.float32), -1.0, 1.0)  # segments: [-1, 1] already
+            at = torch.as_tensor(a_unit, dtype=torch.float32, device=policy.device)
             return q_scaled(o, at).cpu().numpy()
 
         @torch.no_grad()
