@@ -198,6 +198,10 @@ def test_pbrl_train_with_heron_teacher_and_reward(tmp_path):
     store.close()
     metrics = json.loads((run_dir / "final_metrics.json").read_text())
     assert metrics["pref/accuracy_labelled"] > 0.5 and "eval/true_return" in metrics
+    # the decided fraction per level (the notes' log) sums to one with the undecided pairs
+    levels = {k: v for k, v in metrics.items() if k.startswith("heron/")}
+    assert "heron/undecided" in levels and any(k.startswith("heron/decided/") for k in levels)
+    assert sum(levels.values()) == pytest.approx(1.0)
     saved = (run_dir / "config.yaml").read_text()
     assert "level_scale: 2.0" in saved
 

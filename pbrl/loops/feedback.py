@@ -263,6 +263,9 @@ class FeedbackRounds:
                 accuracy=self.last.get("pref/accuracy_heldout"),
             )
         feedback = self.teacher.label(queries)
+        if hasattr(self.teacher, "level_fractions"):  # HERON: decided fraction per level
+            for tag, value in self.teacher.level_fractions().items():
+                self._scalar(f"heron/{tag}", value, self.step)
         if hasattr(self.teacher, "summary"):
             for tag, value in self.teacher.summary().items():
                 self._scalar(f"human/{tag}", value, self.step)
