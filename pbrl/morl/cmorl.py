@@ -104,9 +104,16 @@ class PaperBarrier:
         self.kappa = float(kappa)
 
     def estimate(self, ratio: torch.Tensor, adv_raw: torch.Tensor, clip: float) -> torch.Tensor:
-        """``(m,)`` first-order estimate ``G_j(pi_old) + kappa E[clip(rho) A_j]``."""
+        """``(m,)`` first-order estimate ``G_j(pi_old) + kappa E[(clip(rho) - 1) A_j]``.
+
+        The performance-difference term is zero at ``rho = 1`` only in expectation: a batch's
+        GAE advantages from a lagging critic have a non-zero mean, which ``kappa`` (200 at
+        gamma 0.995) would add to the measured ``G_j(pi_old)``. Subtracting 1 from the ratio
+        leaves the gradient unchanged and makes the estimate exactly ``G_j(pi_old)`` at
+        ``theta_old``, so critic noise does not decide whether the constraint binds.
+        """
         r = ratio.clamp(1 - clip, 1 + clip)[:, None]
-        return self.current + self.kappa * (r * adv_raw).mean(0)
+        return self.current + self.kappa * ((r - 1.0) * adv_raw).mean(0)
 
     def loss(
         self, ratio: torch.Tensor, adv_raw: torch.Tensor, returns: torch.Tensor, clip: float
@@ -117,23 +124,30 @@ class PaperBarrier:
 
 
 class CodeBarrier:
-    """The official code's per-minibatch term (``ipo_update``) for objective ``l``."""
+    """The official code's per-minibatch term (``ipo_update``) for objective ``l``, as it runs.
+
+    There ``ratio`` is ``(B, 1)`` (its Gaussian's log-probs are summed with ``keepdim``), so
+    ``c = clip(rho) * mean_b(R)`` is ``(B, m)`` and ``torch.cat((c[:l], c[l + 1:]))`` removes
+    minibatch **row** ``l``, not objective ``l``: every objective, ``l`` included, enters the
+    barrier. This reproduces that term (the code's, not its evident intent ``j != l``).
+    """
 
     def __init__(self, objective: int, num_objectives: int, beta: float, t: float):
-        self.others = torch.tensor(
-            [j for j in range(num_objectives) if j != objective], dtype=torch.long
-        )
+        self.objective = int(objective)
+        self.num_objectives = int(num_objectives)
         self.beta = float(beta)
         self.t = float(t)
 
     def loss(
         self, ratio: torch.Tensor, adv_raw: torch.Tensor, returns: torch.Tensor, clip: float
     ) -> torch.Tensor:
-        """``-mean_{samples, j != l} log(max(c_j - e_j, 1e-3)) / t``."""
-        mean_r = returns[:, self.others].mean(0)  # (m - 1,)
-        c = ratio.clamp(1 - clip, 1 + clip)[:, None] * mean_r
+        """``-mean_{rows b != l, all j} log(max(c_bj - e_j, 1e-3)) / t``."""
+        mean_r = returns.mean(0)  # (m,)
+        c = ratio.clamp(1 - clip, 1 + clip)[:, None] * mean_r  # (B, m)
         e = self.beta * mean_r
-        return -torch.log(torch.clamp(c - e, min=1e-3)).mean() / self.t
+        terms = -torch.log(torch.clamp(c - e, min=1e-3))
+        keep = torch.arange(len(ratio), device=ratio.device) != self.objective
+        return terms[keep].mean() / self.t
 
 
 @dataclass
@@ -431,19 +445,21 @@ class Archive:
     def select(self, num_select: int) -> list[FrontPolicy]:
         """Up to ``num_select`` front policies with the largest crowding distance.
 
-        Policies selected before are skipped while unselected ones remain; when every front
-        policy has been selected the memory is cleared.
+        The distance is computed over the whole front (C-MORL ``EP.filter_by_crowding_
+        distance``), then policies selected before are skipped: the edges of the front's gaps
+        keep their large distances after the front's extremes have been picked (a distance
+        over the unselected policies alone would give the new extremes of that subset, next
+        to the old ones, infinite distance). When every front policy has been selected the
+        memory is cleared (the official code stops selecting).
         """
         front = self.front()
-        fresh = [p for p in front if p.id not in self.selected]
-        if not fresh:
-            self.selected.clear()
-            fresh = front
-        if not fresh:
+        if not front:
             return []
-        cd = crowding_distance(self.points(fresh))
-        order = np.argsort(-cd, kind="stable")[:num_select]
-        chosen = [fresh[i] for i in order]
+        if all(p.id in self.selected for p in front):
+            self.selected.clear()
+        cd = crowding_distance(self.points(front))
+        order = [i for i in np.argsort(-cd, kind="stable") if front[i].id not in self.selected]
+        chosen = [front[i] for i in order[:num_select]]
         self.selected.update(p.id for p in chosen)
         return chosen
 

@@ -26,7 +26,7 @@ def test_paper_barrier_value_and_gradient_by_hand() -> None:
     ratio = torch.ones(4, requires_grad=True)
     adv = torch.tensor([[5.0, 0.01], [5.0, 0.03], [5.0, -0.01], [5.0, 0.01]])
     loss = bar.loss(ratio, adv, torch.zeros(4, 2), clip=0.2)
-    gap = 20.0 + kappa * 0.01 - 18.0  # estimate of G_1 minus beta G_1(parent)
+    gap = 20.0 - 18.0  # at rho = 1 the estimate is G_1(pi_old), whatever the advantages' mean
     assert loss.item() == pytest.approx(-math.log(gap) / t, rel=1e-5)
     loss.backward()
     # d/d rho_i of -(1/t) log(gap) = -(1/t) (1/gap) kappa A_i1 / B; objective 0 plays no part
@@ -52,10 +52,36 @@ def test_code_barrier_matches_official_formula_and_its_dead_zone() -> None:
     ratio = torch.ones(3, requires_grad=True)
     ret = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0]])
     loss = bar.loss(ratio, torch.zeros(3, 2), ret, clip=0.2)
-    assert loss.item() == pytest.approx(-math.log((1 - 0.9) * 2.0) / 20.0, rel=1e-5)
+    # as the official code runs: objective 0 (mean 0: clamped at 1e-3) is kept, row 0 dropped
+    want = (-math.log(1e-3) - math.log((1 - 0.9) * 2.0)) / 2 / 20.0
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    rho = torch.tensor([1.0, 1.1, 0.95], requires_grad=True)
+    per_row = -torch.log(torch.clamp((rho.clamp(0.8, 1.2) - 0.9)[:, None] * 2.0, min=1e-3))
+    got = CodeBarrier(1, 2, beta=0.9, t=20.0).loss(rho, torch.zeros(3, 2), ret.flip(1), 0.2)
+    want_rows = torch.cat([torch.full((3, 1), -math.log(1e-3)), per_row], 1)[[0, 2]].mean() / 20
+    assert got.item() == pytest.approx(want_rows.item(), rel=1e-5)  # row 1 (= l) is dropped
     neg = bar.loss(ratio, torch.zeros(3, 2), -ret, clip=0.2)
     neg.backward()  # negative mean return: clamped at 1e-3, no gradient at all
     assert neg.item() == pytest.approx(-math.log(1e-3) / 20.0) and ratio.grad.abs().sum() == 0
+
+
+def test_paper_barrier_estimate_ignores_the_advantages_batch_mean() -> None:
+    bar = PaperBarrier(0, np.array([10.0, 20.0]), np.array([10.0, 20.0]), 0.9, 20.0, 200.0)
+    ratio = torch.ones(3)
+    for shift in (0.0, 3.0, -5.0):  # a lagging critic's mean advantage
+        adv = torch.tensor([[1.0, 0.5], [0.0, -0.5], [-1.0, 0.0]]) + shift
+        assert torch.allclose(bar.estimate(ratio, adv, clip=0.2), torch.tensor([10.0, 20.0]))
+
+
+def test_selection_crowds_over_the_whole_front_and_reaches_the_gaps_other_edge() -> None:
+    arch = Archive((-1.0, -1.0))
+    xs = [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]  # on x + y = 15, a gap between 5 and 10
+    arch.add([{"path": "", "returns": [x, 15 - x], "weight": [0.5, 0.5], "stage": "init"}
+              for x in xs])  # fmt: skip
+    first = {tuple(arch.points([p])[0]) for p in arch.select(3)}
+    assert first == {(0.0, 15.0), (15.0, 0.0), (5.0, 10.0)}
+    second = [tuple(arch.points([p])[0]) for p in arch.select(3)]
+    assert second[0] == (10.0, 5.0)  # the gap's other edge, not a neighbour of the extremes
 
 
 def test_archive_front_selection_by_crowding(tmp_path) -> None:
