@@ -53,6 +53,8 @@ from pbrl.icpl.sandbox import ProgramError, RewardSandbox, SandboxLimits, Sandbo
 from pbrl.icpl.train import TrainSpec, random_transitions, train_candidate
 
 TEACHERS = ("proxy", "human", "random")
+RETRY_MARK = "\nYour last programs could not be used:\n"
+"""Appended to the latest prompt when no program of a round trained (then asked again)."""
 PROXY_SCORES = ("final", "max")
 
 
@@ -174,15 +176,12 @@ class ICPLLoop:
                     failures=self._failure_lines(rnd),
                 )
                 messages = feedback_messages(first, fb)
-            else:  # nothing trained: ask again from the start, with the reasons
+            else:  # nothing trained: repeat from the current messages (ICPL), with the reasons
                 fails = "\n".join(f"- {x}" for x in self._failure_lines(rnd))
+                last = messages[-1]["content"].split(RETRY_MARK)[0]  # one list, the latest
                 messages = [
-                    first[0],
-                    {
-                        "role": "user",
-                        "content": first[1]["content"]
-                        + f"\nYour previous programs could not be used:\n{fails}\n",
-                    },
+                    *messages[:-1],
+                    {"role": "user", "content": f"{last}{RETRY_MARK}{fails}\n"},
                 ]
         summary = self._summary(record)
         _write_json(self.run_dir / "summary.json", summary)
@@ -395,15 +394,7 @@ class ICPLLoop:
     # --- history ------------------------------------------------------------------------
     def _summarise(self, prev_best: dict[str, Any], rnd: dict[str, Any]) -> str:
         new = rnd["candidates"][rnd["best"]]
-        better = "not compared"
-        if self.teacher_name == "proxy":
-            key = f"task_score_{self.cfg.proxy_score}"
-            better = "better" if new[key] > prev_best[key] else "worse"
-        msgs = summary_messages(self.task, prev_best["source"], new["source"], better == "better")
-        if better == "not compared":
-            msgs[1]["content"] = msgs[1]["content"].replace(
-                "judged worse than", "not compared with"
-            )
+        msgs = summary_messages(self.task, prev_best["source"], new["source"])
         try:
             text = self.client.chat(msgs, k=1, temperature=0.0, tag=f"r{rnd['round']}-summary")[
                 0

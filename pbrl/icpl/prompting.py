@@ -92,10 +92,13 @@ def feedback_messages(first: Sequence[Mapping[str, str]], fb: Feedback) -> list[
     return [dict(first[0]), dict(first[1]), {"role": "user", "content": user}]
 
 
-def summary_messages(
-    task: str, previous_code: str, new_code: str, better: bool
-) -> list[dict[str, str]]:
-    """The extra call that summarises how the new best differs from the previous best."""
+def summary_messages(task: str, previous_code: str, new_code: str) -> list[dict[str, str]]:
+    """The extra call that describes how the new best differs from the previous best.
+
+    Only the difference, as ICPL's ``difference.txt``: no verdict on which is better. The
+    teachers rank within a round only, and a verdict from the task score would hand the proxy
+    arm ground truth that the human and random-label arms do not get.
+    """
     return [
         {"role": "system", "content": render("summary_system")},
         {
@@ -105,7 +108,6 @@ def summary_messages(
                 task=task,
                 previous_code=previous_code.strip(),
                 new_code=new_code.strip(),
-                verdict="better" if better else "worse",
             ),
         },
     ]

@@ -326,3 +326,39 @@ def test_ray_candidates_equal_the_serial_ones(server: ChatServer, tmp_path: Path
             assert x["task_score_final"] == y["task_score_final"]
             assert x["trace"] == y["trace"]
     assert serial["best_task_score"] == par["best_task_score"]
+
+
+def retry_script(body: dict, index: int):  # noqa: ANN201
+    """Round 0 trains two programs, round 1 only NaN programs, round 2 (the retry) two again."""
+    if "You compare two reward functions" in body["messages"][0]["content"]:
+        return completion(SUMMARY)
+    user = body["messages"][-1]["content"]
+    if "judged BEST" in user and "could not be used" not in user:
+        return completion(NAN)
+    n_prev = sum(1 for r in retry_script.requests[:index] if r["messages"][-1]["content"] == user)  # type: ignore[attr-defined]
+    return completion([FORWARD, BACKWARD][n_prev % 2])
+
+
+def test_a_round_with_nothing_trained_repeats_the_current_prompt(tmp_path: Path) -> None:
+    """ICPL repeats a round whose programs all failed from the current messages (history, best
+    and worst kept), adding why they failed; the history summary carries no verdict."""
+    run_dir = tmp_path / "run"
+    with ChatServer(retry_script) as srv:
+        retry_script.requests = srv.requests  # type: ignore[attr-defined]
+        proc = _cli(srv, run_dir, "rounds=3")
+        requests = list(srv.requests)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r1 = json.loads((run_dir / "rounds/r1/round.json").read_text())
+    assert r1["best"] is None and {c["reason"] for c in r1["candidates"]} == {"nonfinite"}
+    m1 = json.loads((run_dir / "rounds/r1/messages.json").read_text())
+    m2 = json.loads((run_dir / "rounds/r2/messages.json").read_text())
+    assert m2[:2] == m1[:2] and m2[2]["content"].startswith(m1[2]["content"])
+    assert "judged BEST" in m2[2]["content"]  # round 0's feedback is still there
+    retry = m2[2]["content"][len(m1[2]["content"]) :]
+    assert "could not be used" in retry and "nonfinite" in retry
+    r2 = json.loads((run_dir / "rounds/r2/round.json").read_text())
+    assert r2["best"] is not None and r2["summary"] == SUMMARY
+    summaries = [r for r in requests if "You compare two" in r["messages"][0]["content"]]
+    assert len(summaries) == 1
+    text = " ".join(m["content"] for m in summaries[0]["messages"])
+    assert not any(w in text for w in ("judged", "better", "worse"))
