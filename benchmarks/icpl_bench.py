@@ -255,6 +255,8 @@ def read_icpl(run_dir: Path) -> dict[str, Any]:
         "steps": int(cfg.train.total_steps),
         "eval_episodes": int(cfg.train.eval_episodes),
         "cmd": json.loads(rec.read_text())["cmd"] if rec.exists() else None,
+        "final": (summary.get("final_eval") or {}).get("task_score_mean"),
+        "final_n": len((summary.get("final_eval") or {}).get("task_scores", [])),
     }
 
 
@@ -319,6 +321,27 @@ def summarise(args: argparse.Namespace) -> str:
                 + " | ".join(cols)
                 + f" | {comp}/{samples} ({comp / max(1, samples):.0%}) | {tr} |"
             )
+        finals = {
+            t: [s["final"] for s in ps.values() if s["final"] is not None] for t, ps in icpl.items()
+        }
+        if any(finals.values()):
+            n = max(s["final_n"] for ps in icpl.values() for s in ps.values())
+            lines += [
+                "",
+                f"The best program of each run (by task score), retrained with {n} seeds "
+                "(`final_eval_seeds`, ICPL's num_eval): an unbiased score of the program the "
+                "run picked, where best-so-far is the largest of many single noisy trainings:",
+                "",
+                "| arm | runs | retrained task score (mean ± std over runs) | per run |",
+                "|---|---|---|---|",
+            ]
+            for teacher, vals in finals.items():
+                if vals:
+                    lines.append(
+                        f"| {teacher} | {len(vals)} | {_ms(vals)} | "
+                        + ", ".join(f"{v:.1f}" for v in vals)
+                        + " |"
+                    )
         lines += ["", "Per seed (best-so-far per round; non-trained programs by reason):", ""]
         lines += [
             "| arm | seed | best so far per round | not trained | LLM requests / cache hits |",

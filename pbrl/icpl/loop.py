@@ -184,6 +184,8 @@ class ICPLLoop:
                     {"role": "user", "content": f"{last}{RETRY_MARK}{fails}\n"},
                 ]
         summary = self._summary(record)
+        if int(self.cfg.get("final_eval_seeds", 0)) > 0 and summary["best_program"] is not None:
+            summary["final_eval"] = self._final_eval(summary["best_program"])
         _write_json(self.run_dir / "summary.json", summary)
         self.writer.flush()
         return summary
@@ -254,14 +256,14 @@ class ICPLLoop:
             }
         return {"status": "runnable", "source": code, "components": list(out.components)}
 
-    def _spec(self, source: str, r: int, j: int) -> TrainSpec:
+    def _spec(self, source: str, r: int, j: int, seed: int | None = None) -> TrainSpec:
         t = self.cfg.train
         ppo = dict(OmegaConf.to_container(t.ppo, resolve=True) or {})  # type: ignore[arg-type]
         return TrainSpec(
             source=source,
             env_name=self.env_name,
             env_kwargs=self.env_kwargs,
-            seed=self.seed * 1000 + r * 100 + j,
+            seed=self.seed * 1000 + r * 100 + j if seed is None else seed,
             total_steps=int(t.total_steps),
             n_envs=int(t.n_envs),
             ppo=ppo,
@@ -273,8 +275,17 @@ class ICPLLoop:
             policy=asdict(self.policy),
         )
 
-    def _train(self, r: int, cands: Sequence[dict[str, Any]], rdir: Path) -> list[dict[str, Any]]:
-        """Train (or read back) every candidate; clips go to ``c<j>.npz``."""
+    def _train(
+        self,
+        r: int | str,
+        cands: Sequence[dict[str, Any]],
+        rdir: Path,
+        seeds: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train (or read back) every candidate; clips go to ``c<j>.npz``.
+
+        ``seeds``: one training seed per candidate (default: from the run seed, round, index).
+        """
         out: list[dict[str, Any] | None] = [None] * len(cands)
         todo: list[int] = []
         for j, _ in enumerate(cands):
@@ -283,7 +294,15 @@ class ICPLLoop:
                 out[j] = json.loads(f.read_text())
             else:
                 todo.append(j)
-        specs = {j: self._spec(cands[j]["source"], r, j) for j in todo}
+        specs = {
+            j: self._spec(
+                cands[j]["source"],
+                r if isinstance(r, int) else 0,
+                j,
+                None if seeds is None else seeds[j],
+            )
+            for j in todo
+        }
 
         def finish(j: int, res: dict[str, Any]) -> None:
             clip = res.pop("clip", None)
@@ -489,6 +508,49 @@ class ICPLLoop:
             "best_program": best_src,
             "llm": dict(self.client.stats),
         }
+
+    def _final_eval(self, source: str) -> dict[str, Any]:
+        """Retrain the best program with seeds ``0 .. final_eval_seeds - 1`` (ICPL's num_eval).
+
+        The best-so-far score is the largest of up to K x rounds single noisy trainings, biased
+        upwards (and rising with more samples even without feedback); the retrained mean is an
+        unbiased score of the program it picked. Trainings are kept in ``final/`` (a rerun
+        reads them back). ``rollout_reward_correlation``: per training, Pearson's r over its
+        rollouts between the program's mean reward per step and the mean true episode return.
+        """
+        n = int(self.cfg.final_eval_seeds)
+        fdir = self.run_dir / "final"
+        fdir.mkdir(parents=True, exist_ok=True)
+        res = self._train("final", [{"source": source}] * n, fdir, seeds=list(range(n)))
+        key = f"task_score_{self.cfg.proxy_score}"
+        scores = [float(x[key]) for x in res if x["status"] == "trained"]
+        corr = []
+        for x in res:
+            if x["status"] != "trained":
+                continue
+            a = np.asarray(x["trace"].get("total", []), np.float64)
+            b = np.asarray(x["train_true_returns"], np.float64)
+            ok = np.isfinite(a) & np.isfinite(b) if len(a) == len(b) else np.zeros(0, bool)
+            if ok.sum() > 2 and a[ok].std() > 0 and b[ok].std() > 0:
+                corr.append(float(np.corrcoef(a[ok], b[ok])[0, 1]))
+        out = {
+            "seeds": list(range(n)),
+            "trained": len(scores),
+            "task_scores": scores,
+            "task_score_mean": float(np.mean(scores)) if scores else None,
+            "task_score_std": float(np.std(scores)) if scores else None,
+            "rollout_reward_correlation": corr,
+            "failures": [x.get("reason") for x in res if x["status"] != "trained"],
+        }
+        if scores:
+            self.writer.add_scalar("icpl/final_task_score_mean", out["task_score_mean"], 0)
+            self.writer.add_scalar("icpl/final_task_score_std", out["task_score_std"], 0)
+        print(
+            f"[icpl] best program retrained with {n} seeds: task score "
+            + (f"{out['task_score_mean']:.2f} ± {out['task_score_std']:.2f}" if scores else "n/a"),
+            flush=True,
+        )
+        return out
 
     def close(self) -> None:
         """Close the writer, the labelling server and the local model server."""

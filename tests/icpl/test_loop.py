@@ -104,7 +104,7 @@ def _cli(srv: ChatServer, run_dir: Path, *extra: str) -> subprocess.CompletedPro
 
 def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = _cli(server, run_dir)
+    proc = _cli(server, run_dir, "final_eval_seeds=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     r0 = json.loads((run_dir / "rounds/r0/round.json").read_text())
@@ -144,6 +144,11 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
         FORWARD.split("```python\n")[1].split("```")[0],
         BACKWARD.split("```python\n")[1].split("```")[0],
     )
+    # the best program retrained with seeds 0 and 1 (ICPL's final evaluation)
+    final = summary["final_eval"]
+    assert final["seeds"] == [0, 1] and final["trained"] == 2 and len(final["task_scores"]) == 2
+    assert final["task_score_mean"] == pytest.approx(np.mean(final["task_scores"]))
+    assert sorted(p.name for p in (run_dir / "final").glob("c*.json")) == ["c0.json", "c1.json"]
     events = list(run_dir.glob("events.out.tfevents.*"))
     assert events, "no TensorBoard file"
     n_requests = len(server.requests)
@@ -161,6 +166,7 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     assert (run_dir / "rounds/r1/c0.json").read_text() == kept
     assert (run_dir / "rounds/r1/c1.json").exists()
     assert [r["trained"] for r in again["rounds"]] == [2, 2]
+    assert again["final_eval"]["task_scores"] == final["task_scores"]  # read back, not retrained
 
 
 def test_cli_reports_a_missing_model(tmp_path: Path) -> None:
