@@ -106,3 +106,15 @@ def test_bad_inputs_raise():
         cost_matrix(torch.zeros(2, 2), torch.zeros(2, 2), cost="l1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same D"):
         ot_rewards(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
+
+
+@pytest.mark.parametrize(("transform", "scale"), [("code", 1.0), ("paper", 1.0), ("paper", -1.0)])
+def test_the_matched_demo_is_the_one_with_the_lowest_ot_cost(transform: str, scale: float):
+    """The official code matches a video to the demo of lowest raw OT cost, then shapes the
+    reward; choosing by the shaped reward ("code" squares per-step costs) can pick another."""
+    g = torch.Generator().manual_seed(3)
+    demos = torch.randn(4, 12, 6, generator=g)
+    robot = torch.randn(16, 12, 6, generator=g)
+    _, best = ot_rewards(robot, demos, transform=transform, scale=scale)
+    score = torch.stack([ot_score(robot, demos[k].expand_as(robot)) for k in range(4)], 1)
+    assert best.tolist() == score.argmax(dim=1).tolist()  # score = -<M, C>

@@ -185,3 +185,20 @@ def test_fast_run_trains_sac_on_rapl_reward_and_resumes(tmp_path):
     assert final["losses/n_updates"] == 400 - 100  # 200 before the checkpoint
     assert final["charts/time_total_timesteps"] == 400
     assert final["rapl/episodes_scored"] == 2  # only the new episodes
+
+
+def test_a_loaded_encoder_is_scored_with_the_ot_it_was_aligned_with(tmp_path):
+    """The notes' pitfall (train and deploy with the same cost): a run whose ot.cost, ot.eps or
+    ot.n_iters differ from the saved encoder's is refused, naming the value to set."""
+    from pbrl.rewards.rapl import RAPLReward
+    from pbrl.visual.rl import _same_ot_as_aligned, load_rapl
+
+    enc = FrameEncoder(backbone="small_cnn", embed_dim=8, image_size=SIZE, cnn_channels=4)
+    RAPLReward(enc, cost="euclidean", eps=0.1, n_iters=50).save(tmp_path / "enc")
+    rapl = load_rapl(tmp_path / "enc")
+    assert (rapl.cost, rapl.eps, rapl.n_iters) == ("euclidean", 0.1, 50)
+    _same_ot_as_aligned(rapl, {"cost": "euclidean", "eps": 0.1, "n_iters": 50}, "enc")
+    for key, value in [("cost", "cosine"), ("eps", 0.05), ("n_iters", 200)]:
+        ot = {"cost": "euclidean", "eps": 0.1, "n_iters": 50, key: value}
+        with pytest.raises(RaplRunError, match=rf"aligned with ot\.{key}=.*set ot\.{key}="):
+            _same_ot_as_aligned(rapl, ot, "enc")

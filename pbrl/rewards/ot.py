@@ -239,5 +239,8 @@ def ot_rewards(
         c = cost_matrix(robot.unsqueeze(1), demos.unsqueeze(0), cost)  # (B, K, T, S)
         plan = sinkhorn_log(c, eps=eps, n_iters=n_iters, tol=tol)
         r = step_rewards(plan, c, transform, scale)  # (B, K, T)
-        best = r.sum(-1).argmax(dim=1)
+        # the demo with the lowest raw OT cost <M, C> (the official code's choice), not the
+        # highest transformed reward: transform="code" squares the per-step costs and a
+        # negative scale would flip the order
+        best = (plan * c).sum(dim=(-2, -1)).argmin(dim=1)
         return r[torch.arange(len(r), device=r.device), best], best

@@ -402,6 +402,7 @@ class RAPLReward:
             "encoder": self.encoder.config(),
             "cost": self.cost,
             "eps": self.eps,
+            "n_iters": self.n_iters,
             "loss": self.loss_kind,
             "beta": self.beta,
             "transform": self.transform,

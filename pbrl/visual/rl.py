@@ -850,6 +850,24 @@ class EpisodicRolloutRelabel(BaseCallback):
 
 # ----------------------------------------------------------------------------------------
 # the encoder
+def _same_ot_as_aligned(rapl: RAPLReward, ot: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse OT settings other than those the encoder was aligned with.
+
+    The method notes' pitfall: train and deploy with the same cost (and eps, iterations).
+    """
+    saved = {"cost": rapl.cost, "eps": rapl.eps, "n_iters": rapl.n_iters}
+    defaults = {"cost": "cosine", "eps": 0.05, "n_iters": 200}
+    for key, was in saved.items():
+        now = ot.get(key, defaults[key])
+        same = now == was if key == "cost" else math.isclose(float(now), float(was))
+        if not same:
+            raise RaplRunError(
+                f"the encoder in {path} was aligned with ot.{key}={was!r} but this run asks "
+                f"ot.{key}={now!r}: RAPL must score with the cost it was aligned with; set "
+                f"ot.{key}={was!r} (or align a new encoder: encoder.path=null)"
+            )
+
+
 def load_rapl(path: str | Path, device: str = "cpu") -> RAPLReward:
     """A :class:`RAPLReward` saved by :meth:`RAPLReward.save` (``rapl.pt`` + ``rapl.json``)."""
     path = Path(path).expanduser()
@@ -866,6 +884,7 @@ def load_rapl(path: str | Path, device: str = "cpu") -> RAPLReward:
         encoder,
         cost=hp["cost"],
         eps=hp["eps"],
+        n_iters=int(hp.get("n_iters", 200)),  # saved since pbrl 0.1's audit fix; 200 before
         loss=hp["loss"],
         beta=hp["beta"],
         transform=hp["transform"],
@@ -1358,6 +1377,7 @@ class RaplRun(Checkpointed):
         else:
             if path is not None:
                 rapl = load_rapl(path, device=self.device)
+                _same_ot_as_aligned(rapl, ot, path)
             else:
                 t0 = time.perf_counter()
                 rapl, stats = self._fit_on_preferences(
