@@ -391,7 +391,7 @@ class MOPPO:
                 v = self.model.value(obs[idx])
                 v_clip = old_v[idx] + (v - old_v[idx]).clamp(-cfg.clip, cfg.clip)
                 v_loss = 0.5 * torch.max((v - ret[idx]) ** 2, (v_clip - ret[idx]) ** 2)
-                v_loss = v_loss.mean(0).sum()  # each head's loss, summed over objectives
+                v_loss = v_loss.mean()  # over batch and objectives (C-MORL, morl-baselines)
                 entropy = d.entropy().sum(-1).mean()
                 loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
                 if barrier is not None:
