@@ -139,6 +139,10 @@ ADDED_KEYS: dict[str, object] = {
     "agent.log_std_bounds": None,
     # pbrl 0.1: the relabelling switch (runs before it always relabelled)
     "agent.relabel": True,
+    # pbrl 0.1 (PrefPPO from B-Pref's learn_unsuper): runs before them used n_epochs in
+    # pre-training and kept the value head
+    "agent.unsup_n_epochs": None,
+    "agent.reset_value": False,
 }
 """Config keys added after runs were saved, each with the value that makes a run saved before
 the key existed continue the way it ran (see :func:`adopt_added_keys`)."""

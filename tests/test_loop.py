@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from pbrl.data import SegmentBatch
@@ -233,3 +234,40 @@ def test_pebble_actor_gets_b_prefs_log_std_bounds(tmp_path: Path) -> None:
         loop.close()
     with pytest.raises(RunError, match=r"log_std_bounds=\[2, -5\] must be \[low, high\]"):
         PreferenceLoop(fast_cfg("agent.log_std_bounds=[2,-5]"), tmp_path / "b")
+
+
+def test_prefppo_pretrains_with_unsup_epochs_and_resets_its_value_head(tmp_path: Path) -> None:
+    """B-Pref's learn_unsuper: unsuper_n_epochs PPO epochs per pre-training rollout, and
+    policy.reset_value() after the first reward training."""
+    cfg = fast_cfg(
+        "agent=prefppo", "agent.num_seed_steps=0", "agent.unsup_n_epochs=3", "agent.n_epochs=2",
+        "agent.num_unsup_steps=512", "agent.num_interact=512", "num_train_steps=1536",
+        "eval.every=1536",
+    )  # fmt: skip
+    loop = PreferenceLoop(cfg, tmp_path)
+    epochs: list[tuple[bool, int]] = []
+    train = loop.model.train
+
+    def spy() -> None:
+        epochs.append((loop.feedback_started, loop.model.n_epochs))
+        train()
+
+    loop.model.train = spy  # type: ignore[method-assign]
+    heads: list[torch.Tensor] = []
+    first = loop._first_feedback
+
+    def first_spy() -> None:
+        heads.append(loop.model.policy.value_net.weight.detach().clone())
+        first()
+        heads.append(loop.model.policy.value_net.weight.detach().clone())
+
+    loop._first_feedback = first_spy  # type: ignore[method-assign]
+    try:
+        loop.run()
+    finally:
+        loop.close()
+    assert {e for started, e in epochs if not started} == {3}
+    assert {e for started, e in epochs if started} == {2}
+    assert len(heads) == 2 and not torch.equal(heads[0], heads[1])
+    # orthogonal rows of gain 1: a (1, n) head has unit norm
+    assert float(heads[1].norm()) == pytest.approx(1.0, rel=1e-5)

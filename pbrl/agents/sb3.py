@@ -1055,6 +1055,18 @@ def reset_critic(model: SAC) -> None:
     )
 
 
+def reset_value_head(model: PPO) -> None:
+    """Re-initialise PPO's value head (PrefPPO after the first reward training).
+
+    B-Pref's ``policy.reset_value()``: the last linear layer of the value branch gets SB3's
+    initialisation again (orthogonal, gain 1, zero bias); the value trunk (``mlp_extractor``)
+    and the optimiser state are kept. The head had fitted returns of the state-entropy reward.
+    """
+    head = model.policy.value_net
+    torch.nn.init.orthogonal_(head.weight, gain=1.0)
+    torch.nn.init.zeros_(head.bias)
+
+
 # Attributes of an SB3 algorithm that change while it learns and are not model weights.
 _SB3_STATE = (
     "num_timesteps",

@@ -36,6 +36,7 @@ from pbrl.agents.sb3 import (
     make_logger,
     make_vec_env,
     reset_critic,
+    reset_value_head,
     sb3_state,
 )
 from pbrl.buffer import PbrlReplayBuffer
@@ -304,6 +305,11 @@ class PreferenceLoop(OnlineLoop):
         self.phase_unsup = unsup and int(self.cfg.agent.num_unsup_steps) > 0
         if self.algo == "sac":
             self.buffer.set_reward_mode("intrinsic" if self.phase_unsup else "stored")
+        else:  # B-Pref's train_unsuper runs unsuper_n_epochs PPO epochs per rollout
+            a = self.cfg.agent
+            unsup_epochs = a.get("unsup_n_epochs")
+            use = unsup_epochs if self.phase_unsup and unsup_epochs is not None else a.n_epochs
+            self.model.n_epochs = int(use)
 
     def _next_event(self) -> int:
         cands = [self.next_eval, self.next_log, self.next_ckpt, self.next_video]
@@ -332,6 +338,8 @@ class PreferenceLoop(OnlineLoop):
                     gradient_steps=int(self.cfg.agent.reset_update),
                     batch_size=self.model.batch_size,
                 )
+        elif bool(self.cfg.agent.get("reset_value", False)):
+            reset_value_head(self.model)
 
     # hooks of FeedbackRounds (pbrl/loops/feedback.py) and OnlineLoop (pbrl/loops/base.py)
     def _candidate_segments(self, n: int) -> SegmentBatch:
