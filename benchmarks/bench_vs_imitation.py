@@ -67,6 +67,9 @@ def pbrl_overrides(args: argparse.Namespace, seed: int) -> list[str]:
         f"agent.n_steps={args.n_steps}",
         f"agent.num_unsup_steps={args.unsup_steps}",
         f"agent.num_interact={args.interact}",
+        # imitation's PPO runs n_epochs (20) on every rollout: so does pbrl's here, in
+        # pre-training too (B-Pref's unsuper_n_epochs 50 is PrefPPO's default)
+        "agent.unsup_n_epochs=null",
         # Neither side evaluates, renders or checkpoints during the run: one final evaluation
         # of 10 episodes each (pbrl still writes its end-of-run checkpoint).
         f"eval.every={2 * args.steps}",
