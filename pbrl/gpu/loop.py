@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl.data import SegmentBatch
-from pbrl.gpu.ppo import PPOConfig, SegmentPool, TorchPPO, knn_intrinsic_reward
+from pbrl.gpu.ppo import PPOConfig, RunningNorm, SegmentPool, TorchPPO, knn_intrinsic_reward
 from pbrl.gpu.sim import TASKS, BatchedMujocoEnv
 from pbrl.loops.base import OnlineLoop
 from pbrl.loops.feedback import FEEDBACK_STATE_KEYS, RunError
@@ -132,6 +132,8 @@ class GpuPreferenceLoop(OnlineLoop):
             rewards=("bradley_terry",),
         )
 
+        # running std of the k-NN distances (the exploration reward's scale; checkpointed)
+        self.ent_stats = RunningNorm(1).to(self.device)
         self.ppo = TorchPPO(
             self.obs_dim,
             self.act_dim,
@@ -202,11 +204,15 @@ class GpuPreferenceLoop(OnlineLoop):
         elif unsup:
             ref_n = min(self.pool.filled * self.pool.n_envs, int(self.cfg.agent.knn_reference))
             ref, _, _ = self.pool.sample_transitions(ref_n, self.gen)
-            norm = self.ppo._norm
+            # raw observations and a running std of every distance so far, as B-Pref and the
+            # CPU PrefPPO (pbrl/buffer.py)
             r = knn_intrinsic_reward(
-                norm(st.obs.reshape(st.t * st.n, -1)), norm(ref), int(self.cfg.agent.knn_k)
+                st.obs.reshape(st.t * st.n, -1), ref, int(self.cfg.agent.knn_k)
             )
-            st.rewards.copy_((r / (r.std() + 1e-8)).view(st.t, st.n))
+            self.ent_stats.update(r[:, None])
+            st.rewards.copy_(
+                (r / torch.sqrt(self.ent_stats.var[0] + 1e-8).float()).view(st.t, st.n)
+            )
         elif self.reward_active:
             flat = self._device_reward(
                 st.obs.reshape(st.t * st.n, -1),
@@ -230,6 +236,10 @@ class GpuPreferenceLoop(OnlineLoop):
                 and self.step >= int(cfg.agent.num_seed_steps)
                 and int(cfg.agent.num_unsup_steps) > 0
             )
+            unsup_epochs = cfg.agent.get("unsup_n_epochs")
+            self.ppo.cfg.n_epochs = int(
+                unsup_epochs if unsup and unsup_epochs is not None else cfg.agent.n_epochs
+            )
             self.obs, stats = self.ppo.collect(self.env, self.obs, on_step=self._record)
             self.recent_returns = ([*self.recent_returns, *stats["returns"].tolist()])[-100:]
             self._set_rewards(unsup)
@@ -248,6 +258,15 @@ class GpuPreferenceLoop(OnlineLoop):
         self.writer.flush()
         (self.run_dir / "final_metrics.json").write_text(json.dumps(self.last, indent=2))
         return dict(self.last)
+
+    def _first_feedback(self) -> None:
+        """The first round; then the value head is re-initialised (B-Pref reset_value)."""
+        super()._first_feedback()
+        if bool(self.cfg.agent.get("reset_value", False)):
+            head = self.ppo.policy.critic[-1]
+            with torch.no_grad():
+                torch.nn.init.orthogonal_(head.weight, gain=1.0)
+                torch.nn.init.zeros_(head.bias)
 
     # hooks of FeedbackRounds (pbrl/loops/feedback.py): the round itself is shared
     def _candidate_segments(self, n: int) -> SegmentBatch:
@@ -292,6 +311,7 @@ class GpuPreferenceLoop(OnlineLoop):
         """Agent, reward learner, teacher, schedule and the worlds' states."""
         return {
             "ppo": self.ppo.state_dict(),
+            "ent_stats": self.ent_stats.state_dict(),
             "learner": None if self.learner is None else self.learner.state_dict(),
             "teacher": self.teacher.state_dict(),
             "loop": {k: getattr(self, k) for k in self._LOOP_KEYS},
@@ -308,6 +328,8 @@ class GpuPreferenceLoop(OnlineLoop):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict` on a loop built from the same config."""
         self.ppo.load_state_dict(state["ppo"])
+        if "ent_stats" in state:
+            self.ent_stats.load_state_dict(state["ent_stats"])
         if self.learner is not None:
             self.learner.load_state_dict(state["learner"])
         self.teacher.load_state_dict(state["teacher"])

@@ -134,7 +134,8 @@ class RolloutStorage:
         def z(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
-        self.obs = z(t, n, obs_dim)  # raw observations s_t
+        self.obs = z(t, n, obs_dim)  # raw observations s_t (rewards, the segment pool)
+        self.x = z(t, n, obs_dim)  # the policy's input at s_t: normalised as it was then
         self.actions = z(t, n, act_dim)  # sampled (unclipped) actions, for log-probs
         self.env_actions = z(t, n, act_dim)  # clipped actions applied to the env
         self.log_probs = z(t, n)
@@ -274,7 +275,9 @@ def knn_intrinsic_reward(
 
     Args:
         obs: ``(B, D)`` states to reward.
-        reference: ``(R, D)`` states the neighbours come from (``R > k``).
+        reference: ``(R, D)`` states the neighbours come from (``R > k``): a sample of other
+            states, not containing ``obs`` (B-Pref's ``k + 1`` on a buffer that holds the
+            state itself is the ``k``-th neighbour other than itself, which is this).
         k: which neighbour.
         chunk: rows of ``obs`` per ``cdist`` call (memory ``chunk * R``).
     """
@@ -283,7 +286,7 @@ def knn_intrinsic_reward(
     out = torch.empty(obs.shape[0], device=obs.device)
     for s in range(0, obs.shape[0], chunk):
         d = torch.cdist(obs[s : s + chunk], reference)
-        out[s : s + chunk] = d.kthvalue(k + 1, dim=1).values  # +1: a state is its own neighbour
+        out[s : s + chunk] = d.kthvalue(k, dim=1).values
     return out
 
 
@@ -367,13 +370,14 @@ class TorchPPO:
         st, cfg = self.storage, self.cfg
         ep_returns: list[torch.Tensor] = []
         ep_lengths: list[torch.Tensor] = []
-        if cfg.normalize_obs:
-            self.obs_norm.update(obs)
+        if cfg.normalize_obs and self.num_timesteps == 0:
+            self.obs_norm.update(obs)  # later rollouts start at an observation already counted
         for t in range(cfg.n_steps):
             x = self._norm(obs)
             a, logp = self._sample(x)
             env_a = torch.max(torch.min(a, self.act_high), self.act_low)
             st.obs[t] = obs
+            st.x[t] = x  # the ratio's old log-prob was taken at this input, not a re-normalised one
             st.actions[t] = a
             st.env_actions[t] = env_a
             st.log_probs[t] = logp
@@ -421,7 +425,7 @@ class TorchPPO:
         """``n_epochs`` passes of minibatch PPO updates over the rollout."""
         st, cfg = self.storage, self.cfg
         total = st.t * st.n
-        obs = self._norm(st.obs.reshape(total, -1))
+        obs = st.x.reshape(total, -1)
         act = st.actions.reshape(total, -1)
         old_logp = st.log_probs.reshape(total)
         adv_all = st.advantages.reshape(total)

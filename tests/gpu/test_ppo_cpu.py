@@ -83,9 +83,44 @@ def test_segment_pool_keeps_episodes_apart() -> None:
 
 
 def test_knn_reward() -> None:
-    ref = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
-    r = knn_intrinsic_reward(torch.tensor([[0.0], [10.0]]), ref, k=1)
-    torch.testing.assert_close(r, torch.tensor([1.0, 8.0]))
+    # the reference is a sample of other states: the k-th of them, the state not counted
+    ref = torch.tensor([[1.0], [2.0], [10.0]])
+    obs = torch.tensor([[0.0], [9.0]])
+    torch.testing.assert_close(knn_intrinsic_reward(obs, ref, k=1), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(knn_intrinsic_reward(obs, ref, k=2), torch.tensor([2.0, 7.0]))
+
+
+class DriftingEnv:
+    """Observations that drift by 5 per step: the normaliser moves during a rollout."""
+
+    num_envs = 4
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def step(self, action: torch.Tensor):  # noqa: ANN201
+        self.t += 1
+        obs = torch.full((4, 3), 5.0 * self.t) + torch.arange(4.0)[:, None]
+        false = torch.zeros(4, dtype=torch.bool)
+        info = {
+            "final_obs": obs,
+            "episode_return": torch.zeros(4),
+            "episode_length": torch.zeros(4),
+        }
+        return obs, torch.zeros(4), false, false, info
+
+
+def test_ppo_ratio_is_one_before_the_first_step_under_drifting_normalisation() -> None:
+    """The update evaluates log-probs at the inputs the actions were sampled at; re-normalising
+    stored raw observations with the end-of-rollout statistics made the ratio drift from 1."""
+    cfg = PPOConfig(n_steps=16, n_epochs=1, batch_size=64, learning_rate=0.0, net_arch=(8,))
+    ppo = TorchPPO(3, 2, -torch.ones(2), torch.ones(2), 4, cfg, torch.device("cpu"), seed=0)
+    with torch.no_grad():
+        ppo.policy.actor[-1].weight.mul_(300.0)  # a policy whose mean depends on the input
+    env = DriftingEnv()
+    obs, _ = ppo.collect(env, torch.zeros(4, 3))
+    ppo.compute_returns(obs)
+    assert ppo.update()["train/clip_fraction"] == 0.0
 
 
 def test_gpu_ppo_loop_runs_on_cpu(tmp_path) -> None:
