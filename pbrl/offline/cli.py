@@ -17,6 +17,7 @@ import json
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,15 @@ class OfflineRun(Checkpointed):
                 allobs = self.data.all_obs()
                 max_len = int(getattr(env, "max_episode_steps", 1000))
                 ocfg = OPPOConfig(**{"max_ep_len": max_len, **_fields(OPPOConfig, a)})
+                if self.data.horizon > ocfg.window:
+                    warnings.warn(
+                        f"the dataset's segments are {self.data.horizon} steps and OPPO cuts a "
+                        f"random {ocfg.window}-step window from each, up to "
+                        f"{self.data.horizon - ocfg.window} steps after the step a label scores "
+                        "from (future_return scores from the segment's start); build the dataset "
+                        f"with segment_size={ocfg.window} to match them, as OPPO's reference does",
+                        stacklevel=1,
+                    )
                 self.agent = OPPOAgent(
                     obs_dim, act_dim, ocfg, allobs.mean(0), allobs.std(0), self.device, seed
                 )

@@ -106,6 +106,8 @@ def test_offline_fast_runs_of_every_agent_write_events_and_resume(
     assert [e.step for e in acc.Scalars("losses/q_loss")] == [40, 60]
     assert oppo_run.wait(timeout=300) == 0, oppo_err.read_text()[-3000:]
     _check_run(oppo)
+    # 10-step segments, 8-step windows: the label/window offset is pointed out
+    assert "build the dataset with segment_size=8" in oppo_err.read_text()
     # resuming a finished run loads its checkpoint and stops at once
     res = cli("main", [str(oppo)], datasets)
     assert res.returncode == 0, res.stderr[-3000:]
