@@ -39,6 +39,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -247,7 +248,7 @@ def _mean_std(xs: list[float]) -> str:
 
 
 def write_results(args: argparse.Namespace, rows: list, controls: list[str]) -> None:
-    cmd = "python benchmarks/feedback_efficiency.py " + " ".join(sys.argv[1:])
+    cmd = "python benchmarks/feedback_efficiency.py " + shlex.join(sys.argv[1:])
     header = f"{SECTION}: {args.env}" + (f", {args.title}" if args.title else "")
     names = {"random_labels": "random labels", "no_pretrain_relabel": "no pre-training/relabel"}
     lines = [
