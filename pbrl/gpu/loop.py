@@ -236,10 +236,7 @@ class GpuPreferenceLoop(OnlineLoop):
                 and self.step >= int(cfg.agent.num_seed_steps)
                 and int(cfg.agent.num_unsup_steps) > 0
             )
-            unsup_epochs = cfg.agent.get("unsup_n_epochs")
-            self.ppo.cfg.n_epochs = int(
-                unsup_epochs if unsup and unsup_epochs is not None else cfg.agent.n_epochs
-            )
+            self.ppo.cfg.n_epochs = self._ppo_epochs(unsup)
             self.obs, stats = self.ppo.collect(self.env, self.obs, on_step=self._record)
             self.recent_returns = ([*self.recent_returns, *stats["returns"].tolist()])[-100:]
             self._set_rewards(unsup)

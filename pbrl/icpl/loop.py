@@ -256,14 +256,14 @@ class ICPLLoop:
             }
         return {"status": "runnable", "source": code, "components": list(out.components)}
 
-    def _spec(self, source: str, r: int, j: int, seed: int | None = None) -> TrainSpec:
+    def _spec(self, source: str, seed: int) -> TrainSpec:
         t = self.cfg.train
         ppo = dict(OmegaConf.to_container(t.ppo, resolve=True) or {})  # type: ignore[arg-type]
         return TrainSpec(
             source=source,
             env_name=self.env_name,
             env_kwargs=self.env_kwargs,
-            seed=self.seed * 1000 + r * 100 + j if seed is None else seed,
+            seed=seed,
             total_steps=int(t.total_steps),
             n_envs=int(t.n_envs),
             ppo=ppo,
@@ -284,8 +284,13 @@ class ICPLLoop:
     ) -> list[dict[str, Any]]:
         """Train (or read back) every candidate; clips go to ``c<j>.npz``.
 
-        ``seeds``: one training seed per candidate (default: from the run seed, round, index).
+        ``r``: the round (or a label such as ``"final"``, then with ``seeds``). ``seeds``: one
+        training seed per candidate (default: ``seed * 1000 + r * 100 + j``).
         """
+        if seeds is None:
+            if not isinstance(r, int):
+                raise TypeError(f"_train({r!r}, ...) needs seeds: r is not a round number")
+            seeds = [self.seed * 1000 + r * 100 + j for j in range(len(cands))]
         out: list[dict[str, Any] | None] = [None] * len(cands)
         todo: list[int] = []
         for j, _ in enumerate(cands):
@@ -294,15 +299,7 @@ class ICPLLoop:
                 out[j] = json.loads(f.read_text())
             else:
                 todo.append(j)
-        specs = {
-            j: self._spec(
-                cands[j]["source"],
-                r if isinstance(r, int) else 0,
-                j,
-                None if seeds is None else seeds[j],
-            )
-            for j in todo
-        }
+        specs = {j: self._spec(cands[j]["source"], seeds[j]) for j in todo}
 
         def finish(j: int, res: dict[str, Any]) -> None:
             clip = res.pop("clip", None)

@@ -64,6 +64,16 @@ class OnlineLoop(FeedbackRounds, Checkpointed):
 
     SCHEDULE_KEYS = ("next_eval", "next_log", "next_video", "next_ckpt")
 
+    def _ppo_epochs(self, pretraining: bool) -> int:
+        """PPO epochs per rollout, in pre-training or after it.
+
+        ``agent.unsup_n_epochs`` in pre-training (B-Pref's ``unsuper_n_epochs``; null or
+        absent: ``agent.n_epochs`` there too), else ``agent.n_epochs``.
+        """
+        a = self.cfg.agent
+        unsup = a.get("unsup_n_epochs")
+        return int(unsup if pretraining and unsup is not None else a.n_epochs)
+
     # ------------------------------------------------------------------------------------
     # the schedule
     @property

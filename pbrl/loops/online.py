@@ -306,10 +306,7 @@ class PreferenceLoop(OnlineLoop):
         if self.algo == "sac":
             self.buffer.set_reward_mode("intrinsic" if self.phase_unsup else "stored")
         else:  # B-Pref's train_unsuper runs unsuper_n_epochs PPO epochs per rollout
-            a = self.cfg.agent
-            unsup_epochs = a.get("unsup_n_epochs")
-            use = unsup_epochs if self.phase_unsup and unsup_epochs is not None else a.n_epochs
-            self.model.n_epochs = int(use)
+            self.model.n_epochs = self._ppo_epochs(self.phase_unsup)
 
     def _next_event(self) -> int:
         cands = [self.next_eval, self.next_log, self.next_ckpt, self.next_video]
