@@ -32,12 +32,13 @@ without anybody answering: the recorded answers.
     python benchmarks/icpl_bench.py --summary --seeds 0 1 2 --model-note "Claude ..., by hand"
 
 Scale: the paper trains each candidate for IsaacGym's 3000 PPO epochs (~1M+ steps, method
-notes); here ``--steps`` defaults to 65,536 env steps per candidate (32 rollouts of 8 envs x
-256 steps), scaled down from the paper: measured with pbrl-icpl on halfcheetah, two candidate
-trainings at once on this 2-core machine (one core each, other sessions' load ~2) took 68-69 s
-each (80,000 steps: 72-73 s; 200,000: 156-161 s; one 80,000-step training alone, both cores:
-23 s). A full arm (3 seeds x 30 candidates) is ~90 trainings; with ``--jobs 2`` about 1 h 45
-min of training per arm plus the time the answers take.
+notes); here ``--steps`` defaults to 200,000 env steps per candidate (pbrl-icpl's own
+``train.total_steps``), scaled down from the paper. Measured 2026-12-03 with pbrl-icpl on
+halfcheetah, two to five ICPL runs pinned to the 2 cores of this machine: median 37.9 s
+per 200,000-step candidate (quartiles 37.2-39.5 s, 96 trainings). One (teacher, seed) loop is
+30 trainings plus ``final_eval_seeds`` (5) retrainings of the best program, about 23 min of
+training, plus the time the answers take. (An earlier measurement, older code on another host:
+156-161 s per 200,000-step candidate, which is why the 2026-12-01 run used 40,960.)
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from results_md import RESULTS, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "make the agent run forward as fast as possible"  # pbrl/configs/icpl/icpl.yaml's default
-STEPS = 65_536  # per candidate (32 PPO rollouts): ~60-70 s on one core here (docstring)
+STEPS = 200_000  # per candidate, pbrl-icpl's train.total_steps: ~38 s on one core here
 TITLE = "ICPL on HalfCheetah: LLM-written rewards, proxy vs random labels, PrefPPO (issue 8)"
 PAPER = (
     "ICPL paper (arXiv 2410.17233; method notes): best-so-far task score rises over the 5 "
