@@ -58,6 +58,30 @@ RETRY_MARK = "\nYour last programs could not be used:\n"
 PROXY_SCORES = ("final", "max")
 
 
+SUMMARY_CHARS = 600  # a history line's length at most (the prompt asks for three sentences)
+
+
+def clip_text(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters, never cut inside a word.
+
+    Cut after the last whole sentence that fits; with none in the second half, after the last
+    whole word, then an ellipsis.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    head = flat[: limit + 1]
+    end = max(
+        head.rfind(". ", 0, limit + 1),
+        head.rfind("! ", 0, limit + 1),
+        head.rfind("? ", 0, limit + 1),
+    )
+    if end >= limit // 2:
+        return flat[: end + 1]
+    space = head.rfind(" ", 0, limit - 1)
+    return (flat[:space] if space > 0 else flat[: limit - 1]) + "…"
+
+
 class ICPLError(RuntimeError):
     """The run cannot go on; the message says why."""
 
@@ -417,7 +441,7 @@ class ICPLLoop:
             ].text
         except Exception as err:  # noqa: BLE001  (a summary is optional)
             return f"(no summary: {err})"
-        return " ".join(text.split())[:600]
+        return clip_text(text, SUMMARY_CHARS)
 
     def _first_summary(self, rnd: dict[str, Any]) -> str:
         best = rnd["candidates"][rnd["best"]]

@@ -103,3 +103,16 @@ def test_format_trace() -> None:
     assert lines[0] == "fwd: [0, 2, 4, 6, 8, 11, 13, 15, 17, 19], max 19, mean 9.5, min 0"
     assert lines[1] == "len: [5], max 5, mean 5, min 5"
     assert lines[2] == "none: no data"
+
+
+def test_history_summary_is_cut_at_a_sentence_or_word_never_inside_a_word():
+    from pbrl.icpl.loop import clip_text
+
+    assert clip_text("short   summary\nhere.", 600) == "short summary here."
+    sentences = "The forward weight rises to 4.0. " * 30  # 990 characters
+    out = clip_text(sentences, 600)
+    assert len(out) <= 600 and out.endswith("4.0.") and out == sentences[: len(out)]
+    words = "abcdefghij " * 100  # no sentence end: cut at a word, marked
+    out = clip_text(words, 600)
+    assert len(out) <= 600 and out.endswith("abcdefghij\u2026")
+    assert clip_text("x" * 700, 600) == "x" * 599 + "\u2026"
