@@ -42,6 +42,7 @@ from pbrl.icpl.context import env_context
 from pbrl.icpl.llm import ChatClient, LocalServer, make_client
 from pbrl.icpl.prompting import (
     Feedback,
+    clip_text,
     extract_code,
     feedback_messages,
     format_trace,
@@ -59,27 +60,6 @@ PROXY_SCORES = ("final", "max")
 
 
 SUMMARY_CHARS = 600  # a history line's length at most (the prompt asks for three sentences)
-
-
-def clip_text(text: str, limit: int) -> str:
-    """``text`` on one line, at most ``limit`` characters, never cut inside a word.
-
-    Cut after the last whole sentence that fits; with none in the second half, after the last
-    whole word, then an ellipsis.
-    """
-    flat = " ".join(text.split())
-    if len(flat) <= limit:
-        return flat
-    head = flat[: limit + 1]
-    end = max(
-        head.rfind(". ", 0, limit + 1),
-        head.rfind("! ", 0, limit + 1),
-        head.rfind("? ", 0, limit + 1),
-    )
-    if end >= limit // 2:
-        return flat[: end + 1]
-    space = head.rfind(" ", 0, limit - 1)
-    return (flat[:space] if space > 0 else flat[: limit - 1]) + "…"
 
 
 class ICPLError(RuntimeError):

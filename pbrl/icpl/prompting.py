@@ -113,6 +113,23 @@ def summary_messages(task: str, previous_code: str, new_code: str) -> list[dict[
     ]
 
 
+def clip_text(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters, never cut inside a word.
+
+    Cut after the last whole sentence that fits; with none in the second half, after the last
+    whole word, then an ellipsis.
+    """
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    head = flat[: limit + 1]  # a sentence may end at character ``limit`` (then a space)
+    end = max(head.rfind(". "), head.rfind("! "), head.rfind("? "))
+    if end >= limit // 2:
+        return flat[: end + 1]
+    space = head.rfind(" ", 0, limit - 1)
+    return (flat[:space] if space > 0 else flat[: limit - 1]) + "…"
+
+
 # --- code extraction --------------------------------------------------------------------------
 def extract_code(answer: str, function: str = FUNCTION) -> str:
     """The reward program in an LLM answer.

@@ -10,6 +10,7 @@ from pbrl import envs
 from pbrl.icpl.context import env_context, layout_sources, mujoco_layout
 from pbrl.icpl.prompting import (
     Feedback,
+    clip_text,
     extract_code,
     feedback_messages,
     format_trace,
@@ -106,8 +107,6 @@ def test_format_trace() -> None:
 
 
 def test_history_summary_is_cut_at_a_sentence_or_word_never_inside_a_word():
-    from pbrl.icpl.loop import clip_text
-
     assert clip_text("short   summary\nhere.", 600) == "short summary here."
     sentences = "The forward weight rises to 4.0. " * 30  # 990 characters
     out = clip_text(sentences, 600)
