@@ -13,6 +13,9 @@ benchmarks/morlb_pgmorl.py), run by ``--morlb-python`` in a subprocess with the 
 trained policies scored by the same EvalProtocol. Steps count every parallel env's
 transitions; evaluation episodes are counted apart. Writes the ``## C-MORL vs PGMORL ...``
 section of benchmarks/RESULTS.md.
+
+Seeds already in ``<--out>/results.json`` (same env and scale) are reused, so a run can grow:
+``--seeds 3`` and later ``--seeds 6`` on the same ``--out`` trains seeds 3-5 only.
 """
 
 from __future__ import annotations
@@ -149,6 +152,30 @@ def run_one(
     return res
 
 
+def load_done(out: Path, env: str, scale: str) -> dict[str, dict[int, dict]]:
+    """Per arm, the seeds an earlier run into ``out`` finished (``out/results.json``).
+
+    A longer ``--seeds`` on the same ``--out`` then trains only the new seeds. Rows record
+    their seed, env and scale; a results.json of another env or scale is refused rather than
+    mixed in, and one written before rows carried them is taken as seeds 0, 1, ... of this
+    env and scale, as the loop below wrote them.
+    """
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    done: dict[str, dict[int, dict]] = {}
+    for method, rows in json.loads(path.read_text()).items():
+        for i, row in enumerate(rows):
+            got = (row.setdefault("env", env), row.setdefault("scale", scale))
+            if got != (env, scale):
+                raise SystemExit(
+                    f"{path} holds {method} runs of env {got[0]} at scale {got[1]}, not "
+                    f"{env} at {scale}: pass another --out (or move that file away)"
+                )
+            done.setdefault(method, {})[int(row.setdefault("seed", i))] = row
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", default="mo-hopper-2d")
@@ -182,12 +209,19 @@ def main() -> None:
         torch.set_num_threads(1)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        done = load_done(out, args.env, args.scale)
         rows = {m: [] for m in args.arms}
         for seed in range(args.seeds):
             for method in rows:
-                rows[method].append(
-                    run_one(method, args.env, seed, scale, args.workers, out, args.morlb_python)
-                )
+                if seed in done.get(method, {}):
+                    print(f"{method} s{seed}: reused from {out / 'results.json'}", flush=True)
+                    res = done[method][seed]
+                else:
+                    res = run_one(
+                        method, args.env, seed, scale, args.workers, out, args.morlb_python
+                    )
+                    res.update(seed=seed, env=args.env, scale=args.scale)
+                rows[method].append(res)
                 (out / "results.json").write_text(json.dumps(rows, indent=1, default=float))
     body = report(rows, args, scale)
     if not args.no_write:
