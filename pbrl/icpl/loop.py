@@ -103,6 +103,12 @@ class ICPLLoop:
             raise ICPLError(f"unknown teacher {self.teacher_name!r}; valid: {', '.join(TEACHERS)}")
         if cfg.proxy_score not in PROXY_SCORES:
             raise ICPLError(f"proxy_score must be one of {PROXY_SCORES}, got {cfg.proxy_score!r}")
+        score_seeds = cfg.get("score_seeds", 1)
+        if not isinstance(score_seeds, int) or isinstance(score_seeds, bool) or score_seeds < 1:
+            raise ICPLError(
+                f"score_seeds must be a whole number >= 1 (trainings per program; 1 is the "
+                f"paper's single training), got {score_seeds!r}"
+            )
         try:
             parse_parallel(cfg.train.parallel)  # fail before paying for any LLM call
         except ValueError as err:
@@ -215,7 +221,7 @@ class ICPLLoop:
         )
         # 2. train a policy per runnable program
         jobs = [j for j, c in enumerate(candidates) if c["status"] == "runnable"][:k]
-        results = self._train(r, [candidates[j] for j in jobs], rdir)
+        results = self._train_scored(r, [candidates[j] for j in jobs], rdir)
         for j, res in zip(jobs, results, strict=True):
             candidates[j].update(res)
         trained = [j for j in jobs if candidates[j]["status"] == "trained"]
@@ -285,9 +291,11 @@ class ICPLLoop:
         cands: Sequence[dict[str, Any]],
         rdir: Path,
         seeds: Sequence[int] | None = None,
+        stems: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train (or read back) every candidate; clips go to ``c<j>.npz``.
+        """Train (or read back) every candidate.
 
+        Results go to ``<stem>.json`` and clips to ``<stem>.npz`` (default stem ``c<j>``).
         ``r``: the round (or a label such as ``"final"``, then with ``seeds``). ``seeds``: one
         training seed per candidate (default: ``seed * 1000 + r * 100 + j``).
         """
@@ -295,10 +303,12 @@ class ICPLLoop:
             if not isinstance(r, int):
                 raise TypeError(f"_train({r!r}, ...) needs seeds: r is not a round number")
             seeds = [self.seed * 1000 + r * 100 + j for j in range(len(cands))]
+        if stems is None:
+            stems = [f"c{j}" for j in range(len(cands))]
         out: list[dict[str, Any] | None] = [None] * len(cands)
         todo: list[int] = []
         for j, _ in enumerate(cands):
-            f = rdir / f"c{j}.json"
+            f = rdir / f"{stems[j]}.json"
             if f.exists():
                 out[j] = json.loads(f.read_text())
             else:
@@ -308,12 +318,12 @@ class ICPLLoop:
         def finish(j: int, res: dict[str, Any]) -> None:
             clip = res.pop("clip", None)
             if clip is not None:
-                np.savez(rdir / f"c{j}.npz", **clip)
-            _write_json(rdir / f"c{j}.json", res)
+                np.savez(rdir / f"{stems[j]}.npz", **clip)
+            _write_json(rdir / f"{stems[j]}.json", res)
             out[j] = res
             score = res.get("task_score_final")
             print(
-                f"[icpl] round {r} candidate {j}: {res['status']}"
+                f"[icpl] round {r} candidate {stems[j]}: {res['status']}"
                 + (
                     f" ({res.get('reason')}: {res.get('error', '')[:120]})"
                     if res["status"] != "trained"
@@ -342,6 +352,28 @@ class ICPLLoop:
                 for j, fut in futures.items():
                     finish(j, fut.result())
         return [o for o in out if o is not None]
+
+    def _train_scored(
+        self, r: int, cands: Sequence[dict[str, Any]], rdir: Path
+    ) -> list[dict[str, Any]]:
+        """Train each of a round's programs ``score_seeds`` times; one merged result each.
+
+        Training ``p``'s first run is the paper's single training (seed ``seed * 1000 + r * 100
+        + p``, files ``c<p>.*``: its clip is the one a person ranks and its trace the one the
+        LLM reads); runs ``i >= 1`` add ``i * 1_000_000`` to the seed and write ``c<p>.s<i>.*``.
+        All runs go to the pool at once. See :func:`merge_runs` for the merged result.
+        """
+        n = int(self.cfg.get("score_seeds", 1))
+        m = len(cands)
+        base = [self.seed * 1000 + r * 100 + p for p in range(m)]
+        res = self._train(
+            r,
+            [c for _ in range(n) for c in cands],
+            rdir,
+            seeds=[b + i * 1_000_000 for i in range(n) for b in base],
+            stems=[f"c{p}" if i == 0 else f"c{p}.s{i}" for i in range(n) for p in range(m)],
+        )
+        return [merge_runs([res[i * m + p] for i in range(n)]) for p in range(m)]
 
     # --- ranking --------------------------------------------------------------------------
     def _rank(
@@ -562,6 +594,30 @@ class ICPLLoop:
             self.store.close()
         if self.server is not None:
             self.server.stop()
+
+
+def merge_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One program's result from its ``score_seeds`` trainings (one training: unchanged).
+
+    The first run's record (trace, clip, per-rollout returns) with ``task_score_final`` and
+    ``task_score_max`` replaced by their means over the runs, which the proxy ranks by and
+    best-so-far counts; ``run_scores`` keeps each run's. A program that fails in any run is
+    failed, with that run's reason (a reward that raises or hangs on some states is broken).
+    """
+    if len(runs) == 1:
+        return runs[0]
+    bad = next((x for x in runs if x["status"] != "trained"), None)
+    if bad is not None:
+        i = list(runs).index(bad)
+        return {**bad, "error": f"training {i + 1} of {len(runs)}: {bad.get('error', '')}"}
+    out = dict(runs[0])
+    out["run_scores"] = {
+        k: [float(x[k]) for x in runs] for k in ("task_score_final", "task_score_max")
+    }
+    for k, v in out["run_scores"].items():
+        out[k] = float(np.mean(v))
+    out["seconds"] = float(sum(x.get("seconds", 0.0) for x in runs))
+    return out
 
 
 def parse_parallel(value: Any) -> int | str:

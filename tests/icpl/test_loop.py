@@ -334,6 +334,45 @@ def test_ray_candidates_equal_the_serial_ones(server: ChatServer, tmp_path: Path
     assert serial["best_task_score"] == par["best_task_score"]
 
 
+def test_score_seeds_ranks_programs_by_their_mean_over_trainings(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    one = run(_compose(server, "rounds=1"), tmp_path / "one")
+    with ChatServer(script) as fresh:  # the same answers again (they depend on what it saw)
+        script.requests = fresh.requests  # type: ignore[attr-defined]
+        three = run(_compose(fresh, "rounds=1", "score_seeds=3"), tmp_path / "three")
+    a = json.loads((tmp_path / "one/rounds/r0/round.json").read_text())
+    b = json.loads((tmp_path / "three/rounds/r0/round.json").read_text())
+    assert b["trained"] == a["trained"] and len(b["trained"]) == 2
+    means = {}
+    for p, j in enumerate(b["trained"]):
+        x, y = a["candidates"][j], b["candidates"][j]
+        runs = y["run_scores"]["task_score_final"]
+        assert len(runs) == 3 and len(set(runs)) == 3  # three trainings, three seeds
+        assert runs[0] == x["task_score_final"]  # the first is the paper's single training
+        assert y["trace"] == x["trace"]  # ... and its trace is the one the LLM reads
+        assert y["task_score_final"] == pytest.approx(np.mean(runs))
+        assert y["task_score_max"] == pytest.approx(np.mean(y["run_scores"]["task_score_max"]))
+        for i in (1, 2):
+            kept = json.loads((tmp_path / f"three/rounds/r0/c{p}.s{i}.json").read_text())
+            assert kept["task_score_final"] == runs[i]
+        means[j] = y["task_score_final"]
+    assert b["ranking"] == sorted(means, key=lambda j: -means[j])  # the proxy ranks by the mean
+    assert three["best_task_score"] == pytest.approx(max(means.values()))
+    assert one["best_task_score"] == max(
+        a["candidates"][j]["task_score_final"] for j in a["trained"]
+    )
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "true"])
+def test_score_seeds_must_be_a_count(server: ChatServer, tmp_path: Path, bad: str) -> None:
+    from pbrl.icpl.loop import ICPLError
+
+    with pytest.raises(ICPLError, match="score_seeds must be a whole number >= 1"):
+        run(_compose(server, f"score_seeds={bad}"), tmp_path / "run")
+    assert server.requests == []  # refused before any LLM call
+
+
 def retry_script(body: dict, index: int):  # noqa: ANN201
     """Round 0 trains two programs, round 1 only NaN programs, round 2 (the retry) two again."""
     if "You compare two reward functions" in body["messages"][0]["content"]:
