@@ -68,8 +68,9 @@ def group_name(run: Path, r: int) -> str:
     return f"{run.name}-r{r}"
 
 
-def train_group(run: Path, r: int, n: int, out: Path) -> np.ndarray:
-    """Scores (programs x trainings) of round ``r``'s trained programs, N trainings each."""
+def train_group(run: Path, r: int, n: int, out: Path) -> tuple[np.ndarray, int]:
+    """Scores (programs x trainings) of round ``r``'s trained programs, N trainings each,
+    and the env steps of one training."""
     from pbrl.icpl.loop import ICPLLoop
 
     rnd = json.loads((run / "rounds" / f"r{r}" / "round.json").read_text())
@@ -98,7 +99,7 @@ def train_group(run: Path, r: int, n: int, out: Path) -> np.ndarray:
             print(f"{group_name(run, r)} program {j}: {m['status']} ({m.get('reason')}), left out")
             continue
         rows.append(m["run_scores"][key] if n > 1 else [m[key]])
-    return np.asarray(rows, np.float64)
+    return np.asarray(rows, np.float64), int(cfg.train.total_steps)
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,8 +195,7 @@ def main() -> None:
     for text in args.group:
         run, r = parse_group(text)
         t0 = time.time()
-        s = train_group(run, r, args.trainings, args.out)
-        steps = int(OmegaConf.load(run / "config.yaml").train.total_steps)
+        s, steps = train_group(run, r, args.trainings, args.out)
         groups[group_name(run, r)] = s
         print(f"{group_name(run, r)}: {len(s)} programs, {time.time() - t0:.0f}s", flush=True)
         print(np.array2string(s, precision=1, max_line_width=200), flush=True)

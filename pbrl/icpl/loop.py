@@ -109,6 +109,7 @@ class ICPLLoop:
                 f"score_seeds must be a whole number >= 1 (trainings per program; 1 is the "
                 f"paper's single training), got {score_seeds!r}"
             )
+        self.score_seeds = score_seeds
         try:
             parse_parallel(cfg.train.parallel)  # fail before paying for any LLM call
         except ValueError as err:
@@ -290,19 +291,14 @@ class ICPLLoop:
         r: int | str,
         cands: Sequence[dict[str, Any]],
         rdir: Path,
-        seeds: Sequence[int] | None = None,
+        seeds: Sequence[int],
         stems: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Train (or read back) every candidate.
+        """Train (or read back) every candidate, candidate ``j`` with ``seeds[j]``.
 
         Results go to ``<stem>.json`` and clips to ``<stem>.npz`` (default stem ``c<j>``).
-        ``r``: the round (or a label such as ``"final"``, then with ``seeds``). ``seeds``: one
-        training seed per candidate (default: ``seed * 1000 + r * 100 + j``).
+        ``r``: the round, or a label such as ``"final"`` (only printed).
         """
-        if seeds is None:
-            if not isinstance(r, int):
-                raise TypeError(f"_train({r!r}, ...) needs seeds: r is not a round number")
-            seeds = [self.seed * 1000 + r * 100 + j for j in range(len(cands))]
         if stems is None:
             stems = [f"c{j}" for j in range(len(cands))]
         out: list[dict[str, Any] | None] = [None] * len(cands)
@@ -363,7 +359,7 @@ class ICPLLoop:
         LLM reads); runs ``i >= 1`` add ``i * 1_000_000`` to the seed and write ``c<p>.s<i>.*``.
         All runs go to the pool at once. See :func:`merge_runs` for the merged result.
         """
-        n = int(self.cfg.get("score_seeds", 1))
+        n = self.score_seeds
         m = len(cands)
         base = [self.seed * 1000 + r * 100 + p for p in range(m)]
         res = self._train(
@@ -606,10 +602,9 @@ def merge_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if len(runs) == 1:
         return runs[0]
-    bad = next((x for x in runs if x["status"] != "trained"), None)
-    if bad is not None:
-        i = list(runs).index(bad)
-        return {**bad, "error": f"training {i + 1} of {len(runs)}: {bad.get('error', '')}"}
+    for i, x in enumerate(runs):
+        if x["status"] != "trained":
+            return {**x, "error": f"training {i + 1} of {len(runs)}: {x.get('error', '')}"}
     out = dict(runs[0])
     out["run_scores"] = {
         k: [float(x[k]) for x in runs] for k in ("task_score_final", "task_score_max")
