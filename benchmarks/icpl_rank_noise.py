@@ -16,6 +16,11 @@ the first training is the loop's, read back from the round's ``c<p>.json``; trai
 - top-1: how often A's pick is the program with the best held-out mean;
 - Kendall's tau between the ranking by A and by the held-out trainings.
 
+``--steps S`` trains every program at ``S`` PPO steps instead of the round's own budget
+(does a longer training rank better?). Then nothing is read back from the round: training 1
+is retrained with the loop's seed at ``S`` steps, so the seeds match the round's own run.
+
+``--parallel P`` trains P programs at once (the loop's process pool; give each its core).
 Groups are independent: run several invocations at once (one per core) on the same ``--out``
 and finish with one that lists all groups; trainings already in ``--out`` are read back, so
 the last call only collects (and with ``--write-results`` writes the RESULTS.md section).
@@ -43,6 +48,7 @@ from omegaconf import OmegaConf
 from results_md import write_section
 
 TITLE = "ICPL: how well one PPO training ranks reward programs (issue 8)"
+TITLE_STEPS = "ICPL: how well one PPO training ranks reward programs, {steps:,} PPO steps (issue 8)"
 
 
 class NoLLM:
@@ -68,25 +74,40 @@ def group_name(run: Path, r: int) -> str:
     return f"{run.name}-r{r}"
 
 
-def train_group(run: Path, r: int, n: int, out: Path) -> tuple[np.ndarray, int]:
+def train_group(
+    run: Path, r: int, n: int, out: Path, steps: int | None = None, parallel: int = 1
+) -> tuple[np.ndarray, int]:
     """Scores (programs x trainings) of round ``r``'s trained programs, N trainings each,
-    and the env steps of one training."""
+    and the env steps of one training (``steps``: instead of the round's own budget)."""
     from pbrl.icpl.loop import ICPLLoop
 
     rnd = json.loads((run / "rounds" / f"r{r}" / "round.json").read_text())
     cands = rnd["candidates"]
     jobs = [j for j, c in enumerate(cands) if c["status"] in ("trained", "failed")]
     cfg = OmegaConf.load(run / "config.yaml")
+    own_steps = int(cfg.train.total_steps)
     cfg.score_seeds = n
-    cfg.train.parallel = 1
+    cfg.train.parallel = parallel
+    if steps is not None:
+        cfg.train.total_steps = steps
     gdir = out / group_name(run, r)
     rdir = gdir / "rounds" / f"r{r}"
     rdir.mkdir(parents=True, exist_ok=True)
-    for p in range(len(jobs)):  # the loop's own training: read back, not retrained
-        for ext in ("json", "npz"):
-            src = run / "rounds" / f"r{r}" / f"c{p}.{ext}"
-            if src.exists() and not (rdir / src.name).exists():
-                shutil.copy2(src, rdir / src.name)
+    # trainings already in --out are read back by file name only: refuse another budget's
+    marker = gdir / "rank_noise.json"
+    budget = {"source": str(run), "round": r, "total_steps": int(cfg.train.total_steps)}
+    if marker.exists() and json.loads(marker.read_text()) != budget:
+        raise SystemExit(
+            f"{gdir} holds trainings of {json.loads(marker.read_text())}, not {budget}; "
+            "use another --out"
+        )
+    marker.write_text(json.dumps(budget))
+    if int(cfg.train.total_steps) == own_steps:
+        for p in range(len(jobs)):  # the loop's own training: read back, not retrained
+            for ext in ("json", "npz"):
+                src = run / "rounds" / f"r{r}" / f"c{p}.{ext}"
+                if src.exists() and not (rdir / src.name).exists():
+                    shutil.copy2(src, rdir / src.name)
     loop = ICPLLoop(cfg, gdir, client=NoLLM())  # type: ignore[arg-type]
     try:
         merged = loop._train_scored(r, [cands[j] for j in jobs], rdir)
@@ -133,14 +154,22 @@ def pick_stats(scores: np.ndarray, m: int) -> dict[str, float]:
     }
 
 
-def report(groups: dict[str, np.ndarray], n: int, cmd: str, steps: int) -> str:
+def report(
+    groups: dict[str, np.ndarray], n: int, cmd: str, steps: int, retrained: bool = False
+) -> str:
+    first = (
+        "Training 1 is retrained with the loop's seed at this budget (the rounds' own trainings "
+        "had another)"
+        if retrained
+        else "Training 1 is the loop's own (read back from the round)"
+    )
     lines = [
         f"Date: {dt.date.today().isoformat()}. Machine: 2 CPU cores, no GPU. Command: `{cmd}`.",
         "",
         f"Each program of the listed ICPL rounds trained {n} times with pbrl-icpl's own code "
         f"path (`score_seeds={n}`; HalfCheetah, {steps:,} PPO steps per training, task score = "
-        "mean true return of 3 deterministic episodes of the final policy). Training 1 is the "
-        "loop's own (read back from the round); training i adds i x 1,000,000 to its seed. "
+        f"mean true return of 3 deterministic episodes of the final policy). {first}; "
+        "training i adds i x 1,000,000 to its seed. "
         "Per group: the programs' task scores; noise = pooled within-program std / std of the "
         "programs' means. For a ranking by the mean of m trainings (m = 1: ICPL; m > 1: "
         "`score_seeds=m`), over every subset of m trainings: *gain* = the held-out mean of the "
@@ -186,29 +215,45 @@ def main() -> None:
     ap.add_argument("--group", action="append", required=True, help="RUN_DIR:ROUND (repeat)")
     ap.add_argument("--trainings", type=int, default=5, help="N trainings per program in all")
     ap.add_argument("--out", type=Path, required=True, help="where the extra trainings go")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="PPO steps per training (default: the round's)"
+    )
+    ap.add_argument(
+        "--parallel", type=int, default=1, help="trainings at once (processes; default 1)"
+    )
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     if args.trainings < 2:
         raise SystemExit("--trainings must be >= 2 (the loop's own training plus at least one)")
+    if args.parallel < 1:
+        raise SystemExit(f"--parallel must be >= 1, got {args.parallel}")
+    if args.steps is not None and args.steps <= 0:
+        raise SystemExit(f"--steps must be positive, got {args.steps}")
     groups: dict[str, np.ndarray] = {}
     steps = 0
+    retrained = False
     for text in args.group:
         run, r = parse_group(text)
+        own = int(OmegaConf.load(run / "config.yaml").train.total_steps)
+        retrained = retrained or (args.steps is not None and args.steps != own)
         t0 = time.time()
-        s, steps = train_group(run, r, args.trainings, args.out)
+        s, steps = train_group(run, r, args.trainings, args.out, args.steps, args.parallel)
         groups[group_name(run, r)] = s
         print(f"{group_name(run, r)}: {len(s)} programs, {time.time() - t0:.0f}s", flush=True)
         print(np.array2string(s, precision=1, max_line_width=200), flush=True)
-    cmd = "python benchmarks/icpl_rank_noise.py --trainings {} --out {} {}".format(
-        args.trainings, args.out, " ".join(f"--group {g}" for g in args.group)
+    cmd = "python benchmarks/icpl_rank_noise.py --trainings {}{} --out {} {}".format(
+        args.trainings,
+        "" if args.steps is None else f" --steps {args.steps}",
+        args.out,
+        " ".join(f"--group {g}" for g in args.group),
     )
-    body = report(groups, args.trainings, cmd, steps)
+    body = report(groups, args.trainings, cmd, steps, retrained)
     (args.out / "scores.json").write_text(
         json.dumps({k: v.tolist() for k, v in groups.items()}, indent=1)
     )
     print(body)
     if args.write_results:
-        write_section(TITLE, body)
+        write_section(TITLE if not retrained else TITLE_STEPS.format(steps=steps), body)
 
 
 if __name__ == "__main__":
