@@ -20,6 +20,9 @@ the first training is the loop's, read back from the round's ``c<p>.json``; trai
 (does a longer training rank better?). Then nothing is read back from the round: training 1
 is retrained with the loop's seed at ``S`` steps, so the seeds match the round's own run.
 
+``--compare DIR`` adds a table against another run of this script on the same groups (its
+``--out``, e.g. the rounds' own budget), cut to the trainings both have.
+
 ``--parallel P`` trains P programs at once (the loop's process pool; give each its core).
 Groups are independent: run several invocations at once (one per core) on the same ``--out``
 and finish with one that lists all groups; trainings already in ``--out`` are read back, so
@@ -210,6 +213,41 @@ def report(
     return "\n".join(lines)
 
 
+def compare(groups: dict[str, np.ndarray], path: Path) -> str:
+    """The same groups' scores from another run of this script (``--compare DIR``, e.g. the
+    rounds' own budget), both cut to the trainings they share: noise and the m = 1 pick at
+    each budget, and whether the two budgets rank the programs alike."""
+    other = {k: np.asarray(v, np.float64) for k, v in json.loads(path.read_text()).items()}
+    lines = [
+        f"Against `{path}` (the same groups' trainings at another budget), each group cut to "
+        "the first n trainings of both, so the columns compare like with like; training i has "
+        "the same seed at both budgets. *tau(means)*: Kendall's tau between the programs' "
+        "mean scores at the two budgets (1: the same order).",
+        "",
+        "| group | n | noise here / there | gain (m = 1) here / there | top-1 here / there "
+        "| tau (m = 1) here / there | tau(means) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, a in groups.items():
+        b = other.get(name)
+        if b is None or len(b) != len(a):
+            why = "absent" if b is None else f"{len(b)} programs, not {len(a)}"
+            lines.append(f"| {name} | - | {path.name}: {why} | | | | |")
+            continue
+        n = min(a.shape[1], b.shape[1])
+        a, b = a[:, :n], b[:, :n]
+        ratio = [
+            float(np.sqrt(np.mean(x.var(axis=1, ddof=1))) / x.mean(1).std(ddof=1)) for x in (a, b)
+        ]
+        pa, pb = pick_stats(a, 1), pick_stats(b, 1)
+        lines.append(
+            f"| {name} | {n} | {ratio[0]:.2f} / {ratio[1]:.2f} | {pa['gain']:.2f} / "
+            f"{pb['gain']:.2f} | {pa['top1']:.2f} / {pb['top1']:.2f} | {pa['tau']:.2f} / "
+            f"{pb['tau']:.2f} | {kendall_tau(a.mean(1), b.mean(1)):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--group", action="append", required=True, help="RUN_DIR:ROUND (repeat)")
@@ -221,12 +259,17 @@ def main() -> None:
     ap.add_argument(
         "--parallel", type=int, default=1, help="trainings at once (processes; default 1)"
     )
+    ap.add_argument(
+        "--compare", type=Path, default=None, help="another run's --out: compare its scores"
+    )
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
     if args.trainings < 2:
         raise SystemExit("--trainings must be >= 2 (the loop's own training plus at least one)")
     if args.parallel < 1:
         raise SystemExit(f"--parallel must be >= 1, got {args.parallel}")
+    if args.compare is not None and not (args.compare / "scores.json").exists():
+        raise SystemExit(f"--compare {args.compare}: no scores.json there (run it to the end)")
     if args.steps is not None and args.steps <= 0:
         raise SystemExit(f"--steps must be positive, got {args.steps}")
     groups: dict[str, np.ndarray] = {}
@@ -241,16 +284,19 @@ def main() -> None:
         groups[group_name(run, r)] = s
         print(f"{group_name(run, r)}: {len(s)} programs, {time.time() - t0:.0f}s", flush=True)
         print(np.array2string(s, precision=1, max_line_width=200), flush=True)
-    cmd = "python benchmarks/icpl_rank_noise.py --trainings {}{} --out {} {}".format(
+    cmd = "python benchmarks/icpl_rank_noise.py --trainings {}{} --out {}{} {}".format(
         args.trainings,
         "" if args.steps is None else f" --steps {args.steps}",
         args.out,
+        "" if args.compare is None else f" --compare {args.compare}",
         " ".join(f"--group {g}" for g in args.group),
     )
     body = report(groups, args.trainings, cmd, steps, retrained)
-    (args.out / "scores.json").write_text(
-        json.dumps({k: v.tolist() for k, v in groups.items()}, indent=1)
-    )
+    if args.compare is not None:
+        body += "\n\n" + compare(groups, args.compare / "scores.json")
+    saved = args.out / "scores.json"  # groups of earlier calls on this --out are kept
+    old = json.loads(saved.read_text()) if saved.exists() else {}
+    saved.write_text(json.dumps({**old, **{k: v.tolist() for k, v in groups.items()}}, indent=1))
     print(body)
     if args.write_results:
         write_section(TITLE if not retrained else TITLE_STEPS.format(steps=steps), body)
