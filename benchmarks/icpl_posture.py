@@ -1,0 +1,113 @@
+"""Is a HalfCheetah policy upright or on its back? The posture of ICPL trainings' clips.
+
+HalfCheetah policies trained by PPO often settle into running on their back ("flipped"), a
+mode reached early in training that a policy seldom leaves; it runs slower than the upright
+gait. This script reads the clips that ICPL trainings store (``c<p>[.s<i>].npz``: the sim
+states of the final policy's first ``clip_steps`` evaluation steps, as
+``mj_getState(mjSTATE_FULLPHYSICS)``) in the group directories of ``icpl_rank_noise.py``'s
+``--out`` or in an ICPL run's ``rounds/r<k>``, decodes the torso pitch with MuJoCo, and
+reports, per training, the task score and the mean cosine of the pitch over the clip (1:
+upright, -1: on its back). A training counts as flipped when that mean is below 0.
+
+    python benchmarks/icpl_posture.py /work/runs/ranknoise1m/proxy-s0-r0 ...
+
+A directory's programs are keyed by round and index (``r<k> c<p>``), so a whole ICPL run
+directory lists every round's programs. Per directory: each program's trainings (score,
+posture); then the split of all task scores by posture, and how much of the within-program
+variance the posture explains (the share of the pooled within-program sum of squares that goes
+once each program's flipped and upright trainings are centred apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+STEM = re.compile(r"^c(\d+)(?:\.s(\d+))?\.npz$")
+
+
+def pitch_cos(model: mujoco.MjModel, data: mujoco.MjData, states: np.ndarray) -> float:
+    """Mean cos(torso pitch) over a clip's FULLPHYSICS states."""
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    if states.shape[1] != mujoco.mj_stateSize(model, spec):
+        raise SystemExit(
+            f"clip states have {states.shape[1]} columns, HalfCheetah's FULLPHYSICS state "
+            f"{mujoco.mj_stateSize(model, spec)}: these are not HalfCheetah clips"
+        )
+    out = []
+    for s in states:
+        mujoco.mj_setState(model, data, s, spec)
+        out.append(np.cos(data.qpos[2]))  # rooty: the torso's pitch
+    return float(np.mean(out))
+
+
+def read_dir(path: Path, model: mujoco.MjModel, data: mujoco.MjData) -> dict[str, list]:
+    """{"r<k> c<p>": [(training, score, cos pitch), ...]} of one directory's trained clips."""
+    rdirs = sorted(path.glob("rounds/r*"), key=lambda d: int(d.name[1:])) or [path]
+    progs: dict[str, list] = {}
+    for rdir in rdirs:
+        for f in sorted(rdir.glob("c*.npz")):
+            m = STEM.match(f.name)
+            if not m:
+                continue
+            res = json.loads(f.with_suffix(".json").read_text())
+            if res.get("status") != "trained":
+                continue
+            p, i = int(m.group(1)), int(m.group(2) or 0)
+            c = pitch_cos(model, data, np.load(f)["sim_state"])
+            key = f"{rdir.name} c{p}"
+            progs.setdefault(key, []).append((i, float(res["task_score_final"]), c))
+    for v in progs.values():
+        v.sort()
+    return progs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="group or run directories")
+    args = ap.parse_args()
+    env = gym.make("HalfCheetah-v5")
+    model = env.unwrapped.model
+    data = mujoco.MjData(model)
+    flipped, upright = [], []
+    ss_total = ss_left = 0.0
+    for d in args.dirs:
+        progs = read_dir(d, model, data)
+        if not progs:
+            raise SystemExit(f"{d}: no trained clips (c<p>.npz with a trained c<p>.json)")
+        print(f"{d}:")
+        for key, runs in progs.items():
+            desc = ", ".join(f"{s:.0f} ({'F' if c < 0 else 'U'} {c:+.2f})" for _, s, c in runs)
+            print(f"  {key}: {desc}")
+            s = np.array([x[1] for x in runs])
+            f = np.array([x[2] < 0 for x in runs])
+            flipped += list(s[f])
+            upright += list(s[~f])
+            ss_total += float(((s - s.mean()) ** 2).sum())
+            for part in (s[f], s[~f]):
+                if len(part):
+                    ss_left += float(((part - part.mean()) ** 2).sum())
+    n = len(flipped) + len(upright)
+    print(f"trainings: {n}; flipped (mean cos pitch < 0): {len(flipped)}")
+    for name, xs in (("flipped", flipped), ("upright", upright)):
+        if xs:
+            sd = np.std(xs, ddof=1) if len(xs) > 1 else 0.0
+            print(
+                f"  {name}: task score {np.mean(xs):.0f} ± {sd:.0f}"
+                f" (min {min(xs):.0f}, max {max(xs):.0f})"
+            )
+    if ss_total > 0:
+        print(
+            f"within-program sum of squares explained by the posture: {1 - ss_left / ss_total:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
