@@ -6,8 +6,9 @@ gait. This script reads the clips that ICPL trainings store (``c<p>[.s<i>].npz``
 states of the final policy's first ``clip_steps`` evaluation steps, as
 ``mj_getState(mjSTATE_FULLPHYSICS)``) in the group directories of ``icpl_rank_noise.py``'s
 ``--out`` or in an ICPL run's ``rounds/r<k>``, decodes the torso pitch with MuJoCo, and
-reports, per training, the task score and the mean cosine of the pitch over the clip (1:
-upright, -1: on its back). A training counts as flipped when that mean is below 0.
+reports, per training, the task score and the mean cosine of the pitch over the clip's last
+quarter (1: upright, -1: on its back; every episode starts upright, and a policy that flips
+has done so by then). A training counts as flipped when that mean is below 0.
 
     python benchmarks/icpl_posture.py /work/runs/ranknoise1m/proxy-s0-r0 ...
 
@@ -34,7 +35,8 @@ STEM = re.compile(r"^c(\d+)(?:\.s(\d+))?\.npz$")
 
 
 def pitch_cos(model: mujoco.MjModel, data: mujoco.MjData, states: np.ndarray) -> float:
-    """Mean cos(torso pitch) over a clip's FULLPHYSICS states."""
+    """Mean cos(torso pitch) over the last quarter of a clip's FULLPHYSICS states (a policy
+    that flips does so within its first ~70 steps; the start is upright for every policy)."""
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
     if states.shape[1] != mujoco.mj_stateSize(model, spec):
         raise SystemExit(
@@ -42,7 +44,7 @@ def pitch_cos(model: mujoco.MjModel, data: mujoco.MjData, states: np.ndarray) ->
             f"{mujoco.mj_stateSize(model, spec)}: these are not HalfCheetah clips"
         )
     out = []
-    for s in states:
+    for s in states[-max(1, len(states) // 4) :]:
         mujoco.mj_setState(model, data, s, spec)
         out.append(np.cos(data.qpos[2]))  # rooty: the torso's pitch
     return float(np.mean(out))
@@ -72,14 +74,35 @@ def read_dir(path: Path, model: mujoco.MjModel, data: mujoco.MjData) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="group or run directories")
+    ap.add_argument(
+        "--vs",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="as many directories, the same groups at another budget: count the trainings "
+        "(same program, same training index, so the same seed) whose posture agrees",
+    )
     args = ap.parse_args()
+    if args.vs is not None and len(args.vs) != len(args.dirs):
+        raise SystemExit(
+            f"--vs takes one directory per directory ({len(args.dirs)}), got {len(args.vs)}"
+        )
     env = gym.make("HalfCheetah-v5")
     model = env.unwrapped.model
     data = mujoco.MjData(model)
     flipped, upright = [], []
     ss_total = ss_left = 0.0
-    for d in args.dirs:
+    agree = paired = 0
+    for k, d in enumerate(args.dirs):
         progs = read_dir(d, model, data)
+        if args.vs is not None:
+            other = read_dir(args.vs[k], model, data)
+            for key, runs in progs.items():
+                theirs = {i: c for i, _, c in other.get(key, [])}
+                for i, _, c in runs:
+                    if i in theirs:
+                        paired += 1
+                        agree += (c < 0) == (theirs[i] < 0)
         if not progs:
             raise SystemExit(f"{d}: no trained clips (c<p>.npz with a trained c<p>.json)")
         print(f"{d}:")
@@ -103,6 +126,8 @@ def main() -> None:
                 f"  {name}: task score {np.mean(xs):.0f} ± {sd:.0f}"
                 f" (min {min(xs):.0f}, max {max(xs):.0f})"
             )
+    if args.vs is not None:
+        print(f"same posture as in --vs (same program and seed): {agree} of {paired} trainings")
     if ss_total > 0:
         print(
             f"within-program sum of squares explained by the posture: {1 - ss_left / ss_total:.2f}"
