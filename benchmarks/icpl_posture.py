@@ -16,7 +16,8 @@ A directory's programs are keyed by round and index (``r<k> c<p>``), so a whole 
 directory lists every round's programs. Per directory: each program's trainings (score,
 posture); then the split of all task scores by posture, and how much of the within-program
 variance the posture explains (the share of the pooled within-program sum of squares that goes
-once each program's flipped and upright trainings are centred apart).
+once each program's flipped and upright trainings are centred apart). For an ICPL run
+directory, also the posture of each round's best and worst program (``round.json``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,25 @@ def read_dir(path: Path, model: mujoco.MjModel, data: mujoco.MjData) -> dict[str
     return progs
 
 
+def round_picks(path: Path, progs: dict[str, list]) -> list[tuple[str, str]]:
+    """The posture of each round's best and worst program of an ICPL run directory (from
+    ``round.json``; the loop's own training ``c<p>`` of the picked candidate)."""
+    out = []
+    for rdir in sorted(path.glob("rounds/r*"), key=lambda d: int(d.name[1:])):
+        f = rdir / "round.json"
+        if not f.exists():
+            continue
+        rnd = json.loads(f.read_text())
+        jobs = [j for j, c in enumerate(rnd["candidates"]) if c["status"] in ("trained", "failed")]
+        pick = []
+        for which in ("best", "worst"):
+            j = rnd.get(which)
+            runs = progs.get(f"{rdir.name} c{jobs.index(j)}") if j in jobs else None
+            pick.append("-" if not runs else ("F" if runs[0][2] < 0 else "U"))
+        out.append((pick[0], pick[1]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dirs", nargs="+", type=Path, help="group or run directories")
@@ -93,6 +113,7 @@ def main() -> None:
     flipped, upright = [], []
     ss_total = ss_left = 0.0
     agree = paired = 0
+    best_flipped = rounds = 0
     for k, d in enumerate(args.dirs):
         progs = read_dir(d, model, data)
         if args.vs is not None:
@@ -106,6 +127,14 @@ def main() -> None:
         if not progs:
             raise SystemExit(f"{d}: no trained clips (c<p>.npz with a trained c<p>.json)")
         print(f"{d}:")
+        picks = round_picks(d, progs)
+        if picks:
+            print(
+                "  best / worst per round: "
+                + ", ".join(f"r{r} {b}/{w}" for r, (b, w) in enumerate(picks))
+            )
+            best_flipped += sum(b == "F" for b, _ in picks)
+            rounds += len(picks)
         for key, runs in progs.items():
             desc = ", ".join(f"{s:.0f} ({'F' if c < 0 else 'U'} {c:+.2f})" for _, s, c in runs)
             print(f"  {key}: {desc}")
@@ -126,6 +155,11 @@ def main() -> None:
                 f"  {name}: task score {np.mean(xs):.0f} ± {sd:.0f}"
                 f" (min {min(xs):.0f}, max {max(xs):.0f})"
             )
+    if rounds:
+        print(
+            f"rounds whose best program (the loop's training) is flipped: {best_flipped} of "
+            f"{rounds}"
+        )
     if args.vs is not None:
         print(f"same posture as in --vs (same program and seed): {agree} of {paired} trainings")
     if ss_total > 0:
