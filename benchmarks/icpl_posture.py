@@ -31,6 +31,7 @@ from pathlib import Path
 import gymnasium as gym
 import mujoco
 import numpy as np
+from icpl_rank_noise import round_jobs
 
 STEM = re.compile(r"^c(\d+)(?:\.s(\d+))?\.npz$")
 
@@ -51,9 +52,14 @@ def pitch_cos(model: mujoco.MjModel, data: mujoco.MjData, states: np.ndarray) ->
     return float(np.mean(out))
 
 
+def round_dirs(path: Path) -> list[Path]:
+    """An ICPL run directory's ``rounds/r<k>`` folders in round order."""
+    return sorted(path.glob("rounds/r*"), key=lambda d: int(d.name[1:]))
+
+
 def read_dir(path: Path, model: mujoco.MjModel, data: mujoco.MjData) -> dict[str, list]:
     """{"r<k> c<p>": [(training, score, cos pitch), ...]} of one directory's trained clips."""
-    rdirs = sorted(path.glob("rounds/r*"), key=lambda d: int(d.name[1:])) or [path]
+    rdirs = round_dirs(path) or [path]
     progs: dict[str, list] = {}
     for rdir in rdirs:
         for f in sorted(rdir.glob("c*.npz")):
@@ -76,12 +82,12 @@ def round_picks(path: Path, progs: dict[str, list]) -> list[tuple[str, str]]:
     """The posture of each round's best and worst program of an ICPL run directory (from
     ``round.json``; the loop's own training ``c<p>`` of the picked candidate)."""
     out = []
-    for rdir in sorted(path.glob("rounds/r*"), key=lambda d: int(d.name[1:])):
+    for rdir in round_dirs(path):
         f = rdir / "round.json"
         if not f.exists():
             continue
         rnd = json.loads(f.read_text())
-        jobs = [j for j, c in enumerate(rnd["candidates"]) if c["status"] in ("trained", "failed")]
+        jobs = round_jobs(rnd)
         pick = []
         for which in ("best", "worst"):
             j = rnd.get(which)
@@ -116,6 +122,8 @@ def main() -> None:
     best_flipped = rounds = 0
     for k, d in enumerate(args.dirs):
         progs = read_dir(d, model, data)
+        if not progs:
+            raise SystemExit(f"{d}: no trained clips (c<p>.npz with a trained c<p>.json)")
         if args.vs is not None:
             other = read_dir(args.vs[k], model, data)
             for key, runs in progs.items():
@@ -124,8 +132,6 @@ def main() -> None:
                     if i in theirs:
                         paired += 1
                         agree += (c < 0) == (theirs[i] < 0)
-        if not progs:
-            raise SystemExit(f"{d}: no trained clips (c<p>.npz with a trained c<p>.json)")
         print(f"{d}:")
         picks = round_picks(d, progs)
         if picks:

@@ -77,16 +77,29 @@ def group_name(run: Path, r: int) -> str:
     return f"{run.name}-r{r}"
 
 
+def round_jobs(rnd: dict[str, Any]) -> list[int]:
+    """The candidates a round trained, in training order: ``c<p>.*`` is candidate
+    ``round_jobs(rnd)[p]`` of the round record ``rnd``."""
+    return [j for j, c in enumerate(rnd["candidates"]) if c["status"] in ("trained", "failed")]
+
+
+def noise(s: np.ndarray) -> tuple[float, float]:
+    """Pooled within-program std and the std of the programs' means of ``s`` (programs x
+    trainings)."""
+    return float(np.sqrt(np.mean(s.var(axis=1, ddof=1)))), float(s.mean(1).std(ddof=1))
+
+
 def train_group(
     run: Path, r: int, n: int, out: Path, steps: int | None = None, parallel: int = 1
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, bool]:
     """Scores (programs x trainings) of round ``r``'s trained programs, N trainings each,
-    and the env steps of one training (``steps``: instead of the round's own budget)."""
+    the env steps of one training (``steps``: instead of the round's own budget), and
+    whether that budget differs from the round's (then nothing was read back)."""
     from pbrl.icpl.loop import ICPLLoop
 
     rnd = json.loads((run / "rounds" / f"r{r}" / "round.json").read_text())
     cands = rnd["candidates"]
-    jobs = [j for j, c in enumerate(cands) if c["status"] in ("trained", "failed")]
+    jobs = round_jobs(rnd)
     cfg = OmegaConf.load(run / "config.yaml")
     own_steps = int(cfg.train.total_steps)
     cfg.score_seeds = n
@@ -105,7 +118,8 @@ def train_group(
             "use another --out"
         )
     marker.write_text(json.dumps(budget))
-    if int(cfg.train.total_steps) == own_steps:
+    retrained = int(cfg.train.total_steps) != own_steps
+    if not retrained:
         for p in range(len(jobs)):  # the loop's own training: read back, not retrained
             for ext in ("json", "npz"):
                 src = run / "rounds" / f"r{r}" / f"c{p}.{ext}"
@@ -123,7 +137,7 @@ def train_group(
             print(f"{group_name(run, r)} program {j}: {m['status']} ({m.get('reason')}), left out")
             continue
         rows.append(m["run_scores"][key] if n > 1 else [m[key]])
-    return np.asarray(rows, np.float64), int(cfg.train.total_steps)
+    return np.asarray(rows, np.float64), int(cfg.train.total_steps), retrained
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -188,8 +202,7 @@ def report(
         per = ", ".join(
             f"{m:.0f}±{d:.0f}" for m, d in zip(s.mean(1), s.std(1, ddof=1), strict=True)
         )
-        within = float(np.sqrt(np.mean(s.var(axis=1, ddof=1))))
-        between = float(s.mean(1).std(ddof=1))
+        within, between = noise(s)
         lines.append(
             f"| {name} | {len(s)} | {per} | {within:.0f} | {between:.0f} | {within / between:.2f} |"
         )
@@ -236,9 +249,7 @@ def compare(groups: dict[str, np.ndarray], path: Path) -> str:
             continue
         n = min(a.shape[1], b.shape[1])
         a, b = a[:, :n], b[:, :n]
-        ratio = [
-            float(np.sqrt(np.mean(x.var(axis=1, ddof=1))) / x.mean(1).std(ddof=1)) for x in (a, b)
-        ]
+        ratio = [w / bt for w, bt in (noise(a), noise(b))]
         pa, pb = pick_stats(a, 1), pick_stats(b, 1)
         lines.append(
             f"| {name} | {n} | {ratio[0]:.2f} / {ratio[1]:.2f} | {pa['gain']:.2f} / "
@@ -277,10 +288,9 @@ def main() -> None:
     retrained = False
     for text in args.group:
         run, r = parse_group(text)
-        own = int(OmegaConf.load(run / "config.yaml").train.total_steps)
-        retrained = retrained or (args.steps is not None and args.steps != own)
         t0 = time.time()
-        s, steps = train_group(run, r, args.trainings, args.out, args.steps, args.parallel)
+        s, steps, again = train_group(run, r, args.trainings, args.out, args.steps, args.parallel)
+        retrained = retrained or again
         groups[group_name(run, r)] = s
         print(f"{group_name(run, r)}: {len(s)} programs, {time.time() - t0:.0f}s", flush=True)
         print(np.array2string(s, precision=1, max_line_width=200), flush=True)
