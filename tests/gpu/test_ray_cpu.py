@@ -9,11 +9,16 @@ import pytest
 
 from pbrl.gpu.ray_sweep import expand_overrides
 
-ray = pytest.importorskip("ray", reason="needs ray: pip install 'pbrl[ray]'")
-pytest.importorskip(
-    "mujoco_warp",
-    reason="needs warp-lang and mujoco-warp: pip install 'pbrl[gpu-cpu]' (CUDA: 'pbrl[gpu]')",
-)
+
+def _needs_ray_and_warp():
+    """The sweeps need ray and the Warp envs; ``expand_overrides`` (pure Python) needs neither."""
+    ray = pytest.importorskip("ray", reason="needs ray: pip install 'pbrl[ray]'")
+    pytest.importorskip(
+        "mujoco_warp",
+        reason="needs warp-lang and mujoco-warp: pip install 'pbrl[gpu-cpu]' (CUDA: 'pbrl[gpu]')",
+    )
+    return ray
+
 
 # A job of a few seconds: the true reward (no teacher), 2 worlds, 32 steps.
 TINY = [
@@ -48,6 +53,7 @@ def test_expand_overrides() -> None:
 def test_two_job_sweep_on_local_ray(tmp_path) -> None:
     from pbrl.gpu.ray_sweep import run_sweep
 
+    ray = _needs_ray_and_warp()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         results = run_sweep(expand_overrides([*TINY, "seed=0,1"]), tmp_path, num_cpus=1)
@@ -65,6 +71,7 @@ def test_two_job_sweep_on_local_ray(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_hydra_ray_launcher_sweep(tmp_path) -> None:
+    _needs_ray_and_warp()
     pytest.importorskip(
         "hydra_plugins.hydra_ray_launcher",
         reason="needs hydra-ray-launcher: pip install 'pbrl[ray]'",
