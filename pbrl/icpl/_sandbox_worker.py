@@ -31,6 +31,7 @@ import builtins
 import contextlib
 import ctypes
 import ctypes.util
+import dis
 import io
 import json
 import os
@@ -395,12 +396,41 @@ SAFE_BUILTINS = (
 ).split()
 
 
+IMPORT_NAME = dis.opmap["IMPORT_NAME"]
+
+
+def from_import_statement(frame) -> bool:  # noqa: ANN001
+    """Whether ``frame`` is executing an ``import`` statement.
+
+    True when its current instruction is IMPORT_NAME; False when C code imports on its own
+    behalf while the frame runs (the frame is then in some other instruction, e.g. a subscript).
+    """
+    code = frame.f_code.co_code
+    return 0 <= frame.f_lasti < len(code) and code[frame.f_lasti] == IMPORT_NAME
+
+
 def make_namespace(allowed: list[str], denied: list[str], out: io.StringIO) -> dict:
-    """Globals for the program: allow-listed builtins, guarded ``__import__``, capped print."""
+    """Globals for the program: allow-listed builtins, guarded ``__import__``, capped print.
+
+    C extensions import through the builtins of the innermost Python frame, which is the
+    program's: torch's advanced indexing (``x[:, [1, 2]]``) runs
+    ``PyImport_ImportModule("torch.storage")`` and asserts that it got a module. Such an
+    import (not an ``import`` statement, of a module torch already loaded) hands the module to
+    the C code, not to the program, so it is let through; ``import`` statements of denied
+    modules are still refused, here and by the static check.
+    """
     real_import = builtins.__import__
 
     def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
         top = name.split(".")[0]
+        if (
+            level == 0
+            and not fromlist
+            and top in allowed
+            and name in sys.modules
+            and not from_import_statement(sys._getframe(1))
+        ):
+            return real_import(name, globals, locals, fromlist, level)
         if (
             level != 0
             or top not in allowed

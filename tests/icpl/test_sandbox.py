@@ -89,6 +89,20 @@ def test_good_program_torch_components_and_layers() -> None:
     assert "hello from the program" in out.printed
 
 
+def test_torch_advanced_indexing_runs_and_import_statements_stay_guarded() -> None:
+    """torch's list indexing imports ``torch.storage`` from C through the program's builtins
+    (a program of an ICPL run was rejected with torch's INTERNAL ASSERT for this); that import
+    is let through, while the program's own ``import`` of that module is still refused by the
+    restricted interpreter when the static check is off."""
+    src = "import torch\n" + H + "    x = next_obs[:, [1, 3]]\n    return x.sum(dim=-1), {}\n"
+    with RewardSandbox(src, limits=FAST) as sb:
+        out = sb(OBS, ACT, OBS)
+    np.testing.assert_allclose(out.total, OBS[:, 1] + OBS[:, 3], rtol=1e-6)
+    hostile = H + "    import torch.storage\n    return obs[:, 0], {}\n"
+    err = _run(hostile, policy=SandboxPolicy(check_source=False, torch=True))
+    assert err.reason == "exception" and "import of 'torch.storage' is not allowed" in err.message
+
+
 def test_secrets_do_not_reach_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
     src = (
