@@ -230,6 +230,11 @@ def read_icpl(run_dir: Path) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     compiled = samples = trained = 0
     reasons: dict[str, int] = {}
+    round_means: list[float | None] = []
+    for r in range(len(summary["rounds"])):
+        cands = json.loads((run_dir / "rounds" / f"r{r}" / "round.json").read_text())["candidates"]
+        scores = [c["task_score_final"] for c in cands if c["status"] == "trained"]
+        round_means.append(float(np.mean(scores)) if scores else None)
     for f in sorted((run_dir / "rounds").glob("r*/round.json")):
         for c in json.loads(f.read_text())["candidates"]:
             samples += 1
@@ -244,6 +249,7 @@ def read_icpl(run_dir: Path) -> dict[str, Any]:
     return {
         "best_so_far": [r["best_so_far"] for r in summary["rounds"]],
         "ranked_best": [r["ranked_best_score"] for r in summary["rounds"]],
+        "round_mean": round_means,
         "samples": samples,
         "compiled": compiled,
         "trained": trained,
@@ -322,6 +328,27 @@ def summarise(args: argparse.Namespace) -> str:
                 + " | ".join(cols)
                 + f" | {comp}/{samples} ({comp / max(1, samples):.0%}) | {tr} |"
             )
+        lines += [
+            "",
+            "Mean task score of each round's trained candidates (one training each; mean ± std "
+            "over seeds): how good the programs the LLM writes are, where best-so-far is a "
+            "maximum over noisy trainings:",
+            "",
+            "| arm | seeds | " + " | ".join(f"round {r}" for r in range(any_run["rounds"])) + " |",
+            "|---|---|" + "---|" * any_run["rounds"],
+        ]
+        for teacher, per_seed in icpl.items():
+            cols = [
+                _ms(
+                    [
+                        s["round_mean"][r]
+                        for s in per_seed.values()
+                        if r < len(s["round_mean"]) and s["round_mean"][r] is not None
+                    ]
+                )
+                for r in range(any_run["rounds"])
+            ]
+            lines.append(f"| {teacher} | {len(per_seed)} | " + " | ".join(cols) + " |")
         finals = {
             t: [s["final"] for s in ps.values() if s["final"] is not None] for t, ps in icpl.items()
         }
@@ -425,6 +452,12 @@ def main() -> None:
     p.add_argument("--prefppo-override", nargs="*", default=[], help="extra pbrl-train overrides")
     p.add_argument("--model-note", default="", help="who answered, for the RESULTS section")
     p.add_argument("--results", type=Path, default=RESULTS, help="the RESULTS.md to write")
+    p.add_argument(
+        "--title",
+        default=TITLE,
+        help="--summary: the section's title (a section of that title is replaced), so that "
+        "runs at another --steps get a section of their own",
+    )
     args = p.parse_args()
     if args.jobs < 1 or args.parallel < 1:
         p.error("--jobs and --parallel must be >= 1")
@@ -432,9 +465,9 @@ def main() -> None:
         p.error("--llm openai needs --model (and --base-url unless it is OpenAI's)")
     if args.summary:
         body = summarise(args)
-        write_section(TITLE, body, args.results)
+        write_section(args.title, body, args.results)
         print(body)
-        print(f"wrote the section '{TITLE}' to {args.results}")
+        print(f"wrote the section '{args.title}' to {args.results}")
         return
     if args.arm == "icpl":
         jobs = [(run_icpl, t, s) for s in args.seeds for t in args.teachers]
