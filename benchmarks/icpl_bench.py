@@ -11,6 +11,13 @@ Arms:
   the same PPO settings and the same env steps (``--steps``) as one ICPL candidate, so both
   compare the final policy of one PPO training: on the best LLM program (ICPL) or on a reward
   model learnt from N oracle labels (PrefPPO). Runs in ``<runs-dir>/prefppo-q<N>-s<seed>``.
+- ``--arm ppo``: the same PPO on the env's own reward (``reward=true_reward``: no teacher, no
+  unsupervised phase), the reference both learnt rewards are read against; a row of the
+  PrefPPO table. Runs in ``<runs-dir>/ppo-true-s<seed>``.
+- ``--arm reference``: the env's own reward written as a reward program, trained by
+  pbrl-icpl's candidate trainer exactly as an LLM program is (Eureka's "human-engineered
+  reward" baseline; HalfCheetah only so far); a row of the PrefPPO table, with the program's
+  Pearson r against the env's reward. Runs in ``<runs-dir>/reference-s<seed>``.
 - ``--summary``: reads the finished run dirs and writes a RESULTS.md section (``--results``):
   best-so-far true task score per round per arm (mean ± std over seeds and per seed), the
   fraction of sampled programs that compiled (passed the static and probe checks), which
@@ -209,6 +216,132 @@ def prefppo_overrides(args: argparse.Namespace, budget: int, seed: int) -> list[
     ]
 
 
+def ppo_true_overrides(args: argparse.Namespace, seed: int) -> list[str]:
+    """PPO on the env's own reward with the same settings and steps: the reference a learnt
+    reward (PrefPPO's model or ICPL's program) is read against. No teacher, no unsupervised
+    phase (``reward=true_reward`` skips both)."""
+    feedback = ("max_feedback=", "reward_batch=", "agent.num_unsup_steps=", "agent.num_interact=")
+    ov = [o for o in prefppo_overrides(args, 1, seed) if not o.startswith(feedback)]
+    return [*ov, "reward=true_reward"]
+
+
+def run_ppo_true(args: argparse.Namespace, _budget: int, seed: int) -> float:
+    name = f"ppo-true-s{seed}"
+    run_dir = Path(args.runs_dir) / name
+    ov = ppo_true_overrides(args, seed)
+    cmd = [sys.executable, "-m", "pbrl", *ov, f"hydra.run.dir={run_dir.resolve()}"]
+    return _launch(cmd, run_dir, ov, run_dir / "final_metrics.json", name)
+
+
+# The env's own reward written as a reward program (Eureka's "human-engineered reward"
+# baseline): trained by pbrl-icpl's candidate trainer exactly as an LLM program is. HalfCheetah
+# v5 rewards (x_after - x_before) / dt - 0.1 |a|^2. The observation has no x position, so the
+# program averages the torso's x velocity (qvel[0], obs[:, 8]) at the two ends of the step: close
+# to the env's reward, not equal (--arm reference measures how close and writes it down).
+REFERENCE_PROGRAMS = {
+    "halfcheetah": (
+        "import torch\n"
+        "def compute_reward(obs, action, next_obs):\n"
+        "    forward = 0.5 * (obs[:, 8] + next_obs[:, 8])\n"
+        "    ctrl = 0.1 * torch.sum(action ** 2, dim=-1)\n"
+        "    return forward - ctrl, {'forward_velocity': forward, 'ctrl_cost': -ctrl}\n"
+    ),
+}
+
+
+class _NoLLM:
+    """The chat client of a loop that only trains: it must never be asked."""
+
+    stats: dict[str, int] = {}
+
+    def chat(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        raise RuntimeError("--arm reference trains the reference program only; no LLM call")
+
+
+def reference_agreement(env: str, source: str, steps: int = 2000) -> dict[str, float]:
+    """Pearson r and mean |difference| between the reference program and the env's reward on
+    ``steps`` random-policy transitions."""
+    import torch
+
+    from pbrl import envs as pbrl_envs
+
+    e = pbrl_envs.make_env(env, seed=123)
+    obs, _ = e.reset(seed=123)
+    o, a, n, r = [], [], [], []
+    for _ in range(steps):
+        act = e.action_space.sample()
+        nxt, rew, term, trunc, _ = e.step(act)
+        o.append(obs)
+        a.append(act)
+        n.append(nxt)
+        r.append(rew)
+        obs = e.reset()[0] if term or trunc else nxt
+    e.close()
+    scope: dict[str, Any] = {}
+    exec(compile(source, "<reference>", "exec"), scope)  # our own constant, not LLM output
+    t = [torch.as_tensor(np.asarray(x, np.float32)) for x in (o, a, n)]
+    prog = scope["compute_reward"](*t)[0].numpy().astype(np.float64)
+    true = np.asarray(r, np.float64)
+    return {
+        "pearson": float(np.corrcoef(prog, true)[0, 1]),
+        "mean_abs_diff": float(np.mean(np.abs(prog - true))),
+        "mean_abs_true": float(np.mean(np.abs(true))),
+    }
+
+
+def reference_one(env: str, steps: int, seed: int, out: Path) -> None:
+    """Train the reference program once (the subprocess of ``--arm reference``)."""
+    from hydra import compose, initialize_config_module
+
+    from pbrl.icpl.loop import ICPLLoop
+    from pbrl.icpl.train import train_candidate
+
+    source = REFERENCE_PROGRAMS[env]
+    with initialize_config_module("pbrl.configs.icpl", version_base="1.3"):
+        cfg = compose(
+            config_name="icpl",
+            overrides=[f"env={env}", f"seed={seed}", f"train.total_steps={steps}"],
+        )
+    loop = ICPLLoop(cfg, out, client=_NoLLM())  # type: ignore[arg-type]
+    try:
+        spec = loop._spec(source, seed)
+    finally:
+        loop.close()
+    res = train_candidate(spec)
+    if res["status"] != "trained":
+        raise SystemExit(f"the reference program failed: {res.get('reason')}: {res.get('error')}")
+    record = {
+        "source": source,
+        "seed": seed,
+        "total_steps": steps,
+        "task_score_final": res["task_score_final"],
+        "final_returns": res["final_returns"],
+        "seconds": res["seconds"],
+        "agreement": reference_agreement(env, source),
+    }
+    (out / "reference.json").write_text(json.dumps(record, indent=1))
+    print(f"reference {env} seed {seed}: task score {res['task_score_final']:.1f}", flush=True)
+
+
+def run_reference(args: argparse.Namespace, _budget: int, seed: int) -> float:
+    name = f"reference-s{seed}"
+    run_dir = Path(args.runs_dir) / name
+    ov = [f"env={args.env}", f"seed={seed}", f"train.total_steps={args.steps}"]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--reference-one",
+        str(seed),
+        "--env",
+        args.env,
+        "--steps",
+        str(args.steps),
+        "--runs-dir",
+        str(run_dir.resolve()),
+    ]
+    return _launch(cmd, run_dir, ov, run_dir / "reference.json", name)
+
+
 def run_prefppo(args: argparse.Namespace, budget: int, seed: int) -> float:
     name = f"prefppo-q{budget}-s{seed}"
     run_dir = Path(args.runs_dir) / name
@@ -289,6 +422,18 @@ def summarise(args: argparse.Namespace) -> str:
                     "cmd": rec["cmd"],
                     "overrides": rec["overrides"],
                 }
+    reference: dict[int, dict[str, Any]] = {}
+    for seed in args.seeds:
+        f = runs / f"reference-s{seed}" / "reference.json"
+        if f.exists():
+            rec = json.loads((f.parent / "bench_run.json").read_text())
+            reference[seed] = {**json.loads(f.read_text()), "cmd": rec["cmd"]}
+    true_ppo: dict[int, dict[str, Any]] = {}
+    for seed in args.seeds:
+        f = runs / f"ppo-true-s{seed}" / "final_metrics.json"
+        if f.exists():
+            rec = json.loads((f.parent / "bench_run.json").read_text())
+            true_ppo[seed] = {**json.loads(f.read_text()), "cmd": rec["cmd"]}
     if not icpl and not pref:
         raise SystemExit(f"no finished runs under {runs}; run the arms first")
     cmds: list[str] = []
@@ -409,6 +554,27 @@ def summarise(args: argparse.Namespace) -> str:
             for m in per_seed.values():
                 if m["cmd"] not in cmds:
                     cmds.append(m["cmd"])
+        if true_ppo:
+            rets = [m["eval/true_return"] for m in true_ppo.values()]
+            lines.append(
+                f"| PPO on the true reward (reference) | {len(rets)} | none | {_ms(rets)} | "
+                + ", ".join(f"{r:.1f}" for r in rets)
+                + " |"
+            )
+            for m in true_ppo.values():
+                if m["cmd"] not in cmds:
+                    cmds.append(m["cmd"])
+        if reference:
+            rets = [m["task_score_final"] for m in reference.values()]
+            agree = next(iter(reference.values()))["agreement"]
+            lines.append(
+                f"| the env's reward as a program, ICPL's trainer (reference; Pearson "
+                f"{agree['pearson']:.3f} with the env's reward) | {len(rets)} | none | "
+                f"{_ms(rets)} | " + ", ".join(f"{r:.1f}" for r in rets) + " |"
+            )
+            for m in reference.values():
+                if m["cmd"] not in cmds:
+                    cmds.append(m["cmd"])
         if "proxy" in icpl:
             final = [s["best_so_far"][-1] for s in icpl["proxy"].values()]
             lines.append(
@@ -426,7 +592,8 @@ def summarise(args: argparse.Namespace) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--arm", choices=["icpl", "prefppo"], default="icpl")
+    p.add_argument("--arm", choices=["icpl", "prefppo", "ppo", "reference"], default="icpl")
+    p.add_argument("--reference-one", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--summary", action="store_true", help="write the RESULTS section, run nothing")
     p.add_argument(
         "--teachers", nargs="+", default=["proxy", "random"], choices=["proxy", "random"]
@@ -463,6 +630,15 @@ def main() -> None:
         p.error("--jobs and --parallel must be >= 1")
     if args.llm == "openai" and not args.model:
         p.error("--llm openai needs --model (and --base-url unless it is OpenAI's)")
+    if args.arm == "reference" or args.reference_one is not None:
+        if args.env not in REFERENCE_PROGRAMS:
+            p.error(
+                f"--arm reference has a reference program for {sorted(REFERENCE_PROGRAMS)}, "
+                f"not {args.env!r}: add one to REFERENCE_PROGRAMS"
+            )
+    if args.reference_one is not None:
+        reference_one(args.env, args.steps, args.reference_one, Path(args.runs_dir))
+        return
     if args.summary:
         body = summarise(args)
         write_section(args.title, body, args.results)
@@ -478,6 +654,10 @@ def main() -> None:
                 f"(python -m pbrl.icpl.relay list {relay.resolve()})",
                 flush=True,
             )
+    elif args.arm == "reference":
+        jobs = [(run_reference, 0, s) for s in args.seeds]
+    elif args.arm == "ppo":
+        jobs = [(run_ppo_true, 0, s) for s in args.seeds]
     else:
         jobs = [(run_prefppo, b, s) for s in args.seeds for b in args.budgets]
     with ThreadPoolExecutor(args.jobs) as pool:
