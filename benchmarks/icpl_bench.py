@@ -537,8 +537,11 @@ def summarise(args: argparse.Namespace) -> str:
         lines += [
             f"PrefPPO (`pbrl-train agent=prefppo teacher=oracle`) at ICPL's PrefPPO query "
             f"budgets, {steps} env steps (one ICPL candidate's budget) with ICPL's candidate PPO "
-            "settings (8 envs x 256 steps, batch 256, 10 epochs, 2 x 64, no gSDE); labels spent "
-            "one round per rollout in the first half, then the reward model is frozen; final "
+            "settings (8 envs x 256 steps, batch 256, 10 epochs, 2 x 64, no gSDE; PrefPPO keeps "
+            "B-Pref's clip range decayed linearly to 0, observation normalisation and its "
+            "value-head reset after the first reward training); labels spent "
+            "one round per rollout in the first half (after 4 rollouts of state-entropy "
+            "pre-training), then the reward model is frozen; final "
             "true return over 3 deterministic episodes:",
             "",
             "| arm | seeds | labels used | final true return | per seed |",
