@@ -310,6 +310,11 @@ def reference_one(env: str, steps: int, seed: int, out: Path) -> None:
     res = train_candidate(spec)
     if res["status"] != "trained":
         raise SystemExit(f"the reference program failed: {res.get('reason')}: {res.get('error')}")
+    clip = res.pop("clip", None)
+    if clip is not None:  # c0.npz / c0.json: benchmarks/icpl_posture.py reads the gait
+        np.savez(out / "c0.npz", **clip)
+        keep = ("status", "task_score_final", "final_returns", "seconds")
+        (out / "c0.json").write_text(json.dumps({k: res[k] for k in keep}, indent=1))
     record = {
         "source": source,
         "seed": seed,
