@@ -28,7 +28,8 @@ each run's chat requests appear as files in ``--relay-dir`` and a capable model 
 hand (docs/icpl.md, "Answering by hand"). The answers are cached in ``--cache-dir``/s<seed>
 (shared by the arms of one seed: round 0's prompt is the same for proxy and random, so both arms
 start from the same six programs — a paired control), and a rerun with that cache replays them
-without anybody answering: the recorded answers.
+without anybody answering: the recorded answers. The answers of the RESULTS runs are kept in
+``benchmarks/icpl_answers/<set>`` (README there; pass it as ``--cache-dir``).
 
     # the loops (answer the prompts appearing in benchmarks/runs/icpl/relay/pending/)
     python benchmarks/icpl_bench.py --arm icpl --teachers proxy random --seeds 0 1 2 \
