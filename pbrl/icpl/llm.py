@@ -210,16 +210,20 @@ class ChatClient:
                 raise ValueError(
                     f"a message is {{'role': system|user|assistant, 'content': str}}, got {dict(m)}"
                 )
-        params = {
-            "temperature": self.temperature if temperature is None else float(temperature),
-            "max_tokens": self.max_tokens,
-            **self.extra_body,
-        }
+        params = self.request_params(temperature)
         samples = list(range(first_sample, first_sample + int(k)))
         if self.concurrency == 1 or len(samples) == 1:
             return [self._one(messages, params, s, tag) for s in samples]
         with ThreadPoolExecutor(min(self.concurrency, len(samples))) as pool:
             return list(pool.map(lambda s: self._one(messages, params, s, tag), samples))
+
+    def request_params(self, temperature: float | None = None) -> dict[str, Any]:
+        """The sampling fields sent with every request, part of the answer cache's key."""
+        return {
+            "temperature": self.temperature if temperature is None else float(temperature),
+            "max_tokens": self.max_tokens,
+            **self.extra_body,
+        }
 
     # --- internals ------------------------------------------------------------------------
     def _one(

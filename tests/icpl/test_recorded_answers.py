@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from pbrl.icpl.context import env_context
-from pbrl.icpl.llm import cache_key
+from pbrl.icpl.llm import ChatClient, cache_key
 from pbrl.icpl.prompting import extract_code, initial_messages, render
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks" / "icpl_answers"
@@ -53,7 +53,16 @@ def test_round0_prompt_is_todays(dataset: Path) -> None:
     meta = _meta(dataset)
     with initialize_config_module(version_base=None, config_module="pbrl.configs.icpl"):
         cfg = compose(config_name="icpl", overrides=[f"env={meta['env']}", "llm=manual"])
-    params = {"temperature": float(cfg.llm.temperature), "max_tokens": int(cfg.llm.max_tokens)}
+    llm = cfg.llm
+    client = ChatClient(
+        "http://127.0.0.1:1/v1",  # never contacted: only the request params are read
+        str(llm.model),
+        api_key_env=None,
+        temperature=llm.temperature,
+        max_tokens=llm.max_tokens,
+        extra_body=dict(llm.extra_body),
+    )
+    params = client.request_params()
     today = initial_messages(env_context(meta["env"]).render(), meta["task"])
     summary_system = render("summary_system")  # the history-summary calls also have two
     round0 = [
