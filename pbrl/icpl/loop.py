@@ -165,10 +165,14 @@ class ICPLLoop:
                 print(f"[icpl] round {r}: read back from {done}", flush=True)
             else:
                 rnd = self._round(r, messages, rdir)
-                # History: how this round's best differs from the previous best.
-                if rnd["best"] is not None and prev_best is not None and self.cfg.history_summary:
+                _write_json(done, rnd)
+            # History: how this round's best differs from the previous best. Only the next
+            # round's prompt reads it, so the last round asks for none; a run resumed with more
+            # rounds asks for it then.
+            if rnd["best"] is not None and "summary" not in rnd and r + 1 < int(self.cfg.rounds):
+                if prev_best is not None and self.cfg.history_summary:
                     rnd["summary"] = self._summarise(prev_best, rnd)
-                elif rnd["best"] is not None:
+                else:
                     rnd["summary"] = self._first_summary(rnd)
                 _write_json(done, rnd)
             record.append(rnd)

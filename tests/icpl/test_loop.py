@@ -130,10 +130,11 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     assert "episode_length: [" in fb
     assert "program 0: forbidden" in fb and "Analyse the components" in fb
     assert "obs[:, 8]: qvel[rootx]" in msgs[1]["content"]  # the generated env context
-    # round 1: the NaN program is rejected on the probe batch; the summary reaches history
+    # round 1: the NaN program is rejected on the probe batch; as the last round it asks for
+    # no history summary (only a next round's prompt would read it)
     r1 = json.loads((run_dir / "rounds/r1/round.json").read_text())
     assert r1["candidates"][0]["reason"] == "nonfinite"
-    assert r1["summary"] == SUMMARY
+    assert "summary" not in r1
     assert (run_dir / "rounds/r1/c0.npz").exists()
     clip = np.load(run_dir / "rounds/r0/c0.npz")
     assert clip["sim_state"].shape[0] == 20 and clip["obs"].shape == (20, 17)
@@ -152,7 +153,7 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     events = list(run_dir.glob("events.out.tfevents.*"))
     assert events, "no TensorBoard file"
     n_requests = len(server.requests)
-    assert n_requests == 3 + 3 + 1  # 3 samples per round, 1 summary call
+    assert n_requests == 3 + 3  # 3 samples per round, no summary call
 
     # Resume: an interrupted last round (its record and one training removed) replays from
     # the answer cache and retrains only the missing candidate.
@@ -167,6 +168,19 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     assert (run_dir / "rounds/r1/c1.json").exists()
     assert [r["trained"] for r in again["rounds"]] == [2, 2]
     assert again["final_eval"]["task_scores"] == final["task_scores"]  # read back, not retrained
+
+    # Resumed with a third round: round 1's history summary is asked for now, carries no
+    # verdict, and reaches round 2's prompt.
+    cfg.rounds, cfg.final_eval_seeds = 3, 0
+    longer = run(cfg, run_dir)
+    assert len(server.requests) == n_requests + 1 + 3
+    asked = [r for r in server.requests if "You compare two" in r["messages"][0]["content"]]
+    assert len(asked) == 1
+    text = " ".join(m["content"] for m in asked[0]["messages"])
+    assert not any(w in text for w in ("judged", "better", "worse"))
+    assert json.loads((run_dir / "rounds/r1/round.json").read_text())["summary"] == SUMMARY
+    assert SUMMARY in json.loads((run_dir / "rounds/r2/messages.json").read_text())[2]["content"]
+    assert [r["trained"] for r in longer["rounds"]] == [2, 2, 2]
 
 
 def test_cli_reports_a_missing_model(tmp_path: Path) -> None:
@@ -386,7 +400,7 @@ def retry_script(body: dict, index: int):  # noqa: ANN201
 
 def test_a_round_with_nothing_trained_repeats_the_current_prompt(tmp_path: Path) -> None:
     """ICPL repeats a round whose programs all failed from the current messages (history, best
-    and worst kept), adding why they failed; the history summary carries no verdict."""
+    and worst kept), adding why they failed."""
     run_dir = tmp_path / "run"
     with ChatServer(retry_script) as srv:
         retry_script.requests = srv.requests  # type: ignore[attr-defined]
@@ -402,8 +416,5 @@ def test_a_round_with_nothing_trained_repeats_the_current_prompt(tmp_path: Path)
     retry = m2[2]["content"][len(m1[2]["content"]) :]
     assert "could not be used" in retry and "nonfinite" in retry
     r2 = json.loads((run_dir / "rounds/r2/round.json").read_text())
-    assert r2["best"] is not None and r2["summary"] == SUMMARY
-    summaries = [r for r in requests if "You compare two" in r["messages"][0]["content"]]
-    assert len(summaries) == 1
-    text = " ".join(m["content"] for m in summaries[0]["messages"])
-    assert not any(w in text for w in ("judged", "better", "worse"))
+    assert r2["best"] is not None and "summary" not in r2  # the last round: none asked
+    assert not [r for r in requests if "You compare two" in r["messages"][0]["content"]]
