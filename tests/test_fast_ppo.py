@@ -280,3 +280,11 @@ def test_vec_env_infos_equal_deepcopy() -> None:
     ref = copy.deepcopy(nested)
     assert out["a"][0] is not nested["a"][0] and out["a"][1] == ref["a"][1]
     assert out["b"] == ref["b"] and out["d"] is not nested["d"]
+
+
+def test_linear_clip_schedule_stops_at_zero() -> None:
+    """SB3 overshoots the run's steps by up to one rollout, so the last update's
+    progress_remaining is slightly negative; the decayed clip range stays at 0 there."""
+    clip = linear_schedule(0.2)
+    assert clip(1.0) == pytest.approx(0.2) and clip(0.5) == pytest.approx(0.1)
+    assert clip(1.0 - 1_001_472 / 1_000_000) == 0.0

@@ -1033,10 +1033,15 @@ class _OptimiserStep:
 
 
 def linear_schedule(start: float) -> Callable[[float], float]:
-    """``progress_remaining -> start * progress_remaining`` (BPref's decayed PPO clip)."""
+    """``progress_remaining -> start * progress_remaining`` (BPref's decayed PPO clip), >= 0.
+
+    SB3 collects whole rollouts, so when the run's steps are not a multiple of one rollout the
+    last update sees a slightly negative ``progress_remaining`` (1,000,000 steps of 8 x 256:
+    1,001,472 collected), and a negative clip range would clip every ratio.
+    """
 
     def f(progress_remaining: float) -> float:
-        return start * progress_remaining
+        return start * max(0.0, progress_remaining)
 
     return f
 
