@@ -406,40 +406,68 @@ def read_icpl(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _record(args: argparse.Namespace, name: str, read: Any) -> dict[str, Any] | None:  # noqa: ANN401
+    """One run's numbers for the summary: read from its run dir when it finished there (and
+    kept as ``<--records>/<name>.json``), else from that record, so a section can be rebuilt
+    after the run dirs are gone (the machines here are replaced between sessions)."""
+    rec_file = Path(args.records) / f"{name}.json" if args.records else None
+    got = read(Path(args.runs_dir) / name)
+    if got is not None:
+        if rec_file is not None:
+            rec_file.parent.mkdir(parents=True, exist_ok=True)
+            rec_file.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        return got
+    if rec_file is not None and rec_file.exists():
+        print(f"{name}: from the record {rec_file} (no finished run dir)", file=sys.stderr)
+        return json.loads(rec_file.read_text())
+    return None
+
+
+def _read_icpl_dir(d: Path) -> dict[str, Any] | None:
+    if (d / "summary.json").exists():
+        return read_icpl(d)
+    if d.exists():
+        print(f"skipping {d}: no summary.json (not finished)", file=sys.stderr)
+    return None
+
+
+def _read_metrics_dir(name: str) -> Any:  # noqa: ANN401
+    def read(d: Path) -> dict[str, Any] | None:
+        f = d / name
+        if not f.exists():
+            return None
+        rec = json.loads((d / "bench_run.json").read_text())
+        return {**json.loads(f.read_text()), "cmd": rec["cmd"], "overrides": rec.get("overrides")}
+
+    return read
+
+
 def summarise(args: argparse.Namespace) -> str:
-    """The RESULTS.md section body from the finished run dirs."""
+    """The RESULTS.md section body from the finished run dirs (or their ``--records``)."""
     runs = Path(args.runs_dir)
     icpl: dict[str, dict[int, dict[str, Any]]] = {}
     for teacher in args.teachers:
         for seed in args.seeds:
-            d = runs / f"{teacher}-s{seed}"
-            if (d / "summary.json").exists():
-                icpl.setdefault(teacher, {})[seed] = read_icpl(d)
-            else:
-                print(f"skipping {d}: no summary.json (not finished)", file=sys.stderr)
+            got = _record(args, f"{teacher}-s{seed}", _read_icpl_dir)
+            if got is not None:
+                icpl.setdefault(teacher, {})[seed] = got
     pref: dict[int, dict[int, dict[str, Any]]] = {}
     for budget in args.budgets:
         for seed in args.seeds:
-            f = runs / f"prefppo-q{budget}-s{seed}" / "final_metrics.json"
-            if f.exists():
-                rec = json.loads((f.parent / "bench_run.json").read_text())
-                pref.setdefault(budget, {})[seed] = {
-                    **json.loads(f.read_text()),
-                    "cmd": rec["cmd"],
-                    "overrides": rec["overrides"],
-                }
+            got = _record(
+                args, f"prefppo-q{budget}-s{seed}", _read_metrics_dir("final_metrics.json")
+            )
+            if got is not None:
+                pref.setdefault(budget, {})[seed] = got
     reference: dict[int, dict[str, Any]] = {}
-    for seed in args.seeds:
-        f = runs / f"reference-s{seed}" / "reference.json"
-        if f.exists():
-            rec = json.loads((f.parent / "bench_run.json").read_text())
-            reference[seed] = {**json.loads(f.read_text()), "cmd": rec["cmd"]}
     true_ppo: dict[int, dict[str, Any]] = {}
     for seed in args.seeds:
-        f = runs / f"ppo-true-s{seed}" / "final_metrics.json"
-        if f.exists():
-            rec = json.loads((f.parent / "bench_run.json").read_text())
-            true_ppo[seed] = {**json.loads(f.read_text()), "cmd": rec["cmd"]}
+        got = _record(args, f"reference-s{seed}", _read_metrics_dir("reference.json"))
+        if got is not None:
+            reference[seed] = got
+        got = _record(args, f"ppo-true-s{seed}", _read_metrics_dir("final_metrics.json"))
+        if got is not None:
+            true_ppo[seed] = got
     if not icpl and not pref:
         raise SystemExit(f"no finished runs under {runs}; run the arms first")
     cmds: list[str] = []
@@ -627,6 +655,12 @@ def main() -> None:
     p.add_argument("--prefppo-steps", type=int, default=None, help="default: --steps")
     p.add_argument("--prefppo-override", nargs="*", default=[], help="extra pbrl-train overrides")
     p.add_argument("--model-note", default="", help="who answered, for the RESULTS section")
+    p.add_argument(
+        "--records",
+        default=None,
+        help="--summary: a folder of per-run records (<run name>.json); a finished run dir's "
+        "numbers are written there, and a run whose dir is gone is read from there",
+    )
     p.add_argument("--results", type=Path, default=RESULTS, help="the RESULTS.md to write")
     p.add_argument(
         "--title",
