@@ -160,7 +160,8 @@ class ICPLLoop:
             (rdir / "messages.json").parent.mkdir(parents=True, exist_ok=True)
             _write_json(rdir / "messages.json", messages)
             done = rdir / "round.json"
-            if done.exists():  # resumed: this round is finished
+            before, fresh = dict(self.client.stats), not done.exists()
+            if not fresh:  # resumed: this round is finished
                 rnd = json.loads(done.read_text())
                 print(f"[icpl] round {r}: read back from {done}", flush=True)
             else:
@@ -174,6 +175,14 @@ class ICPLLoop:
                     rnd["summary"] = self._summarise(prev_best, rnd)
                 else:
                     rnd["summary"] = self._first_summary(rnd)
+                _write_json(done, rnd)
+            # The LLM calls this round cost (samples, retries, the summary), kept in its record so
+            # that a run resumed over several processes still counts them all (a round recorded
+            # before rounds kept this has none, and the run's total is then this process's).
+            spent = {k: v - before.get(k, 0) for k, v in self.client.stats.items()}
+            if fresh or ("llm" in rnd and any(spent.values())):
+                old = rnd.get("llm", {})
+                rnd["llm"] = {k: old.get(k, 0) + spent.get(k, 0) for k in {*old, *spent}}
                 _write_json(done, rnd)
             record.append(rnd)
             best_so_far = max(best_so_far, rnd.get("best_score_true") or -math.inf)
@@ -539,7 +548,14 @@ class ICPLLoop:
             "rounds": per_round,
             "best_task_score": best_score if math.isfinite(best_score) else None,
             "best_program": best_src,
-            "llm": dict(self.client.stats),
+            # every round's LLM calls, over all the processes the run took, where each round
+            # kept them; else (rounds recorded by older pbrl) this process's only
+            "llm": (
+                {k: sum(rnd["llm"].get(k, 0) for rnd in record) for k in self.client.stats}
+                if record and all("llm" in rnd for rnd in record)
+                else dict(self.client.stats)
+            ),
+            "llm_scope": "run" if record and all("llm" in r for r in record) else "process",
         }
 
     def _final_eval(self, source: str) -> dict[str, Any]:

@@ -154,6 +154,7 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     assert events, "no TensorBoard file"
     n_requests = len(server.requests)
     assert n_requests == 3 + 3  # 3 samples per round, no summary call
+    assert summary["llm"]["requests"] == 6 and summary["llm_scope"] == "run"
 
     # Resume: an interrupted last round (its record and one training removed) replays from
     # the answer cache and retrains only the missing candidate.
@@ -168,6 +169,9 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     assert (run_dir / "rounds/r1/c1.json").exists()
     assert [r["trained"] for r in again["rounds"]] == [2, 2]
     assert again["final_eval"]["task_scores"] == final["task_scores"]  # read back, not retrained
+    # the run's LLM count spans both processes: round 0's 3 requests from the first, round 1's
+    # 3 cache hits from this one (the interrupted round's own requests went with its record)
+    assert (again["llm"]["requests"], again["llm"]["cache_hits"]) == (3, 3)
 
     # Resumed with a third round: round 1's history summary is asked for now, carries no
     # verdict, and reaches round 2's prompt.
@@ -181,6 +185,7 @@ def test_loop_feeds_best_and_worst_back_and_resumes(server: ChatServer, tmp_path
     assert json.loads((run_dir / "rounds/r1/round.json").read_text())["summary"] == SUMMARY
     assert SUMMARY in json.loads((run_dir / "rounds/r2/messages.json").read_text())[2]["content"]
     assert [r["trained"] for r in longer["rounds"]] == [2, 2, 2]
+    assert (longer["llm"]["requests"], longer["llm"]["cache_hits"]) == (3 + 1 + 3, 3)
 
 
 def test_cli_reports_a_missing_model(tmp_path: Path) -> None:
