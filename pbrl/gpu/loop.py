@@ -72,6 +72,30 @@ def ppo_config(a: DictConfig) -> PPOConfig:
     )
 
 
+def check_first_round(cfg: DictConfig) -> None:
+    """Fail before any simulation when the first feedback round could not cut a segment.
+
+    The round comes after the rollout that passes ``num_seed_steps + num_unsup_steps``; by
+    then each world has stepped a whole number of rollouts of ``n_steps``, and the segment
+    pool needs ``segment_size`` of them.
+    """
+    a = cfg.agent
+    if cfg.reward.name == "true_reward":
+        return
+    n_steps, n_envs, seg = int(a.n_steps), int(a.num_envs), int(cfg.segment_size)
+    first = int(a.num_seed_steps) + int(a.num_unsup_steps)
+    rollouts = max(1, -(-first // (n_envs * n_steps)))
+    if rollouts * n_steps < seg:
+        need = -(-seg // n_steps) * n_envs * n_steps - int(a.num_seed_steps)
+        raise RunError(
+            f"the first feedback round would come after {rollouts * n_steps} steps per world "
+            f"(num_seed_steps + num_unsup_steps = {first} over {n_envs} worlds, rollouts of "
+            f"agent.n_steps={n_steps}), fewer than segment_size={seg}: set "
+            f"agent.num_unsup_steps>={need}, or a larger agent.n_steps, or a smaller "
+            "segment_size"
+        )
+
+
 class GpuPreferenceLoop(OnlineLoop):
     """One PrefPPO run with simulator, policy and reward ensemble on ``cfg.device``.
 
@@ -100,6 +124,7 @@ class GpuPreferenceLoop(OnlineLoop):
                 "PbrlEnv, not by the batched GPU backend; use agent=pebble or agent=prefppo "
                 "with the CPU env, or drop reward_weights"
             )
+        check_first_round(cfg)
         task = gpu_task(cfg.env)
         self.env = BatchedMujocoEnv(
             task,

@@ -379,6 +379,10 @@ class BatchedMujocoEnv:
 
         wp = self.wp
         self.wp_device = "cpu" if self.device.type == "cpu" else f"cuda:{self.device.index}"
+        # Warp runs on a stream of its own: a CUDA graph cannot be captured on torch's default
+        # (legacy NULL) stream, where Warp reports "unknown stream".
+        self._side: Any = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._wp_side: Any = None  # its Warp handle, made once Warp is initialised
         with self._warp_scope():
             self.wm = self.mjw.put_model(self.model)
             self.wd = self.mjw.make_data(
@@ -412,15 +416,25 @@ class BatchedMujocoEnv:
     # --- warp plumbing ----------------------------------------------------------------------
     @contextlib.contextmanager
     def _warp_scope(self) -> Iterator[None]:
-        """Run Warp on this env's device and, on CUDA, on torch's current stream."""
+        """Run Warp on this env's device; on CUDA on the env's own stream.
+
+        That stream waits for the work already queued on torch's current stream, and torch's
+        current stream waits for the Warp work before anything queued after it.
+        """
         wp = self.wp
         with wp.ScopedDevice(self.wp_device):
-            if self.device.type == "cuda":
-                stream = wp.stream_from_torch(torch.cuda.current_stream(self.device))
-                with wp.ScopedStream(stream):
-                    yield
-            else:
+            if self._side is None:
                 yield
+                return
+            if self._wp_side is None:
+                self._wp_side = wp.stream_from_torch(self._side)
+            current = torch.cuda.current_stream(self.device)
+            self._side.wait_stream(current)
+            try:
+                with wp.ScopedStream(self._wp_side):
+                    yield
+            finally:
+                current.wait_stream(self._side)
 
     def _physics(self) -> None:
         """``frame_skip`` physics steps, then ``cfrc_ext`` (as gymnasium's ``do_simulation``)."""

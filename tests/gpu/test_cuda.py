@@ -81,7 +81,7 @@ def test_gpu_ppo_loop_on_cuda(tmp_path) -> None:
         "agent.n_steps=16",
         "agent.batch_size=4096",
         "agent.num_seed_steps=0",
-        "agent.num_unsup_steps=16384",
+        "agent.num_unsup_steps=32768",  # 2 rollouts: 32 steps per world >= segment_size 25
         "agent.num_interact=16384",
         "num_train_steps=65536",
         "eval.every=65536",

@@ -189,3 +189,30 @@ def test_gpu_ppo_loop_runs_on_cpu(tmp_path) -> None:
 
     with pytest.raises(RunError, match="supports reward=bradley_terry or true_reward"):
         GpuPreferenceLoop(bad, tmp_path / "bad")
+
+
+def test_a_first_round_shorter_than_a_segment_stops_before_simulating() -> None:
+    """1 rollout of 16 steps per world before the first round cannot hold a 25-step segment:
+    the loop says so at start-up, with the settings that fix it (found on CUDA, where the
+    run failed only after pre-training)."""
+    from pbrl.gpu.loop import check_first_round
+    from pbrl.loops.feedback import RunError
+
+    base = [
+        "env=gpu_hopper",
+        "agent=gpu_ppo",
+        "agent.num_envs=1024",
+        "agent.n_steps=16",
+        "agent.num_seed_steps=0",
+        "segment_size=25",
+    ]
+    with initialize_config_module(config_module="pbrl.configs", version_base="1.3"):
+        short = compose(config_name="train", overrides=[*base, "agent.num_unsup_steps=16384"])
+        enough = compose(config_name="train", overrides=[*base, "agent.num_unsup_steps=32768"])
+        true_r = compose(
+            config_name="train", overrides=[*base, "agent.num_unsup_steps=0", "reward=true_reward"]
+        )
+    with pytest.raises(RunError, match=r"after 16 steps per world.*num_unsup_steps>=32768"):
+        check_first_round(short)
+    check_first_round(enough)
+    check_first_round(true_r)  # no feedback rounds at all
