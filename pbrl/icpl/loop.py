@@ -170,12 +170,13 @@ class ICPLLoop:
             # History: how this round's best differs from the previous best. Only the next
             # round's prompt reads it, so the last round asks for none; a run resumed with more
             # rounds asks for it then.
+            changed = False
             if rnd["best"] is not None and "summary" not in rnd and r + 1 < int(self.cfg.rounds):
                 if prev_best is not None and self.cfg.history_summary:
                     rnd["summary"] = self._summarise(prev_best, rnd)
                 else:
                     rnd["summary"] = self._first_summary(rnd)
-                _write_json(done, rnd)
+                changed = True
             # The LLM calls this round cost (samples, retries, the summary), kept in its record so
             # that a run resumed over several processes still counts them all (a round recorded
             # before rounds kept this has none, and the run's total is then this process's).
@@ -183,6 +184,8 @@ class ICPLLoop:
             if fresh or ("llm" in rnd and any(spent.values())):
                 old = rnd.get("llm", {})
                 rnd["llm"] = {k: old.get(k, 0) + spent.get(k, 0) for k in {*old, *spent}}
+                changed = True
+            if changed:
                 _write_json(done, rnd)
             record.append(rnd)
             best_so_far = max(best_so_far, rnd.get("best_score_true") or -math.inf)
@@ -517,6 +520,7 @@ class ICPLLoop:
 
     def _summary(self, record: list[dict[str, Any]]) -> dict[str, Any]:
         key = f"task_score_{self.cfg.proxy_score}"
+        whole_run = bool(record) and all("llm" in rnd for rnd in record)
         per_round = []
         best_src, best_score, so_far = None, -math.inf, -math.inf
         for rnd in record:
@@ -552,10 +556,10 @@ class ICPLLoop:
             # kept them; else (rounds recorded by older pbrl) this process's only
             "llm": (
                 {k: sum(rnd["llm"].get(k, 0) for rnd in record) for k in self.client.stats}
-                if record and all("llm" in rnd for rnd in record)
+                if whole_run
                 else dict(self.client.stats)
             ),
-            "llm_scope": "run" if record and all("llm" in r for r in record) else "process",
+            "llm_scope": "run" if whole_run else "process",
         }
 
     def _final_eval(self, source: str) -> dict[str, Any]:
